@@ -1,0 +1,10 @@
+"""mtdeploy: deploy mixed-timestep spiking neural networks on Loihi-style chips."""
+
+__version__ = "0.1.0"
+
+
+def compile(model, input_shape=None, target="loihi2", **options):  # noqa: A001 - mirrors the CLI verb
+    """Compile a QCFS model (module, path, or IR graph) for ``target``; see :mod:`mtdeploy.api`."""
+    from mtdeploy.api import compile_model
+
+    return compile_model(model, input_shape=input_shape, target=target, **options)

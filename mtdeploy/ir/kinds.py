@@ -1,0 +1,267 @@
+"""The registry of node kinds: one entry per kind, the single source of truth for what it means.
+
+A kind entry says how to build it from a torch module (``torch_types`` + ``from_torch``), its
+shape rule, its float semantics (``forward``, batch-first torch), its role in the SNN
+(``role``: ``source``, ``linear`` synaptic op, ``activation`` = spiking population, ``timing``
+= temporal alignment), and whether it carries a weight that fixed-point quantization scales
+(``weighted``). Backends (simulator, Lava, NetX, budget rules) ask the entry, never switch on
+kind names.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.graph import Node
+
+KINDS: dict[str, "NodeKind"] = {}
+
+
+def register(cls: type["NodeKind"]) -> type["NodeKind"]:
+    if cls.name in KINDS:
+        raise ValueError(f"node kind {cls.name!r} registered twice")
+    KINDS[cls.name] = cls()
+    return cls
+
+
+def kind_of(node: Node) -> "NodeKind":
+    try:
+        return KINDS[node.kind]
+    except KeyError:
+        raise InputError(f"node {node.name}: unknown kind {node.kind!r}") from None
+
+
+def kind_for_module(module: nn.Module) -> "NodeKind | None":
+    for kind in KINDS.values():
+        if kind.torch_types and isinstance(module, kind.torch_types):
+            return kind
+    return None
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def _np(t: torch.Tensor | None, like_shape=None) -> np.ndarray:
+    if t is None:
+        return np.zeros(like_shape, dtype=np.float32)
+    return t.detach().cpu().numpy().astype(np.float32).copy()
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+class NodeKind:
+    name: ClassVar[str]
+    role: ClassVar[str] = "linear"        # source | linear | activation | timing
+    weighted: ClassVar[bool] = False      # has a weight tensor scaled by quantization
+    torch_types: ClassVar[tuple[type, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def from_torch(self, module: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        raise InputError(f"{self.name} nodes are not built from torch modules")
+
+    def infer_shape(self, node: Node, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        return in_shapes[0]
+
+    def forward(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
+        """Float semantics on batch-first tensors (the ANN view)."""
+        return xs[0]
+
+
+@register
+class InputKind(NodeKind):
+    name = "input"
+    role = "source"
+    description = "the network input (one sample's shape)"
+
+    def infer_shape(self, node, in_shapes):
+        return tuple(node.attrs["shape"])
+
+
+@register
+class ConvKind(NodeKind):
+    name = "conv"
+    weighted = True
+    torch_types = (nn.Conv2d,)
+    description = "2-D convolution (stride, padding, dilation, groups), OIHW weights"
+
+    def from_torch(self, m: nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise InputError(f"padding_mode={m.padding_mode!r} is not supported (only zeros)")
+        if isinstance(m.padding, str):
+            raise InputError(f"padding={m.padding!r} is not supported; give explicit integers")
+        attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding),
+                 "dilation": _pair(m.dilation), "groups": int(m.groups),
+                 "in_channels": m.in_channels, "out_channels": m.out_channels,
+                 "kernel": _pair(m.kernel_size)}
+        return attrs, {"weight": _np(m.weight), "bias": _np(m.bias, (m.out_channels,))}
+
+    def infer_shape(self, node, in_shapes):
+        c, h, w = in_shapes[0]
+        a = node.attrs
+        if c != a["in_channels"]:
+            raise InputError(f"{node.label()}: expects {a['in_channels']} input channels, got {c}")
+        out = []
+        for size, k, s, p, d in zip((h, w), a["kernel"], a["stride"], a["padding"], a["dilation"]):
+            out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        if min(out) < 1:
+            raise InputError(f"{node.label()}: input {in_shapes[0]} is too small for the kernel")
+        return (a["out_channels"], *out)
+
+    def forward(self, node, x):
+        a = node.attrs
+        return F.conv2d(x, _t(node.params["weight"]).to(x.dtype), _t(node.params["bias"]).to(x.dtype),
+                        a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
+@register
+class LinearKind(NodeKind):
+    name = "linear"
+    weighted = True
+    torch_types = (nn.Linear,)
+    description = "fully connected layer"
+
+    def from_torch(self, m: nn.Linear):
+        return ({"in_features": m.in_features, "out_features": m.out_features},
+                {"weight": _np(m.weight), "bias": _np(m.bias, (m.out_features,))})
+
+    def infer_shape(self, node, in_shapes):
+        if tuple(in_shapes[0]) != (node.attrs["in_features"],):
+            raise InputError(f"{node.label()}: expects input ({node.attrs['in_features']},), "
+                             f"got {tuple(in_shapes[0])}")
+        return (node.attrs["out_features"],)
+
+    def forward(self, node, x):
+        return F.linear(x, _t(node.params["weight"]).to(x.dtype), _t(node.params["bias"]).to(x.dtype))
+
+
+@register
+class BatchNormKind(NodeKind):
+    name = "batchnorm"
+    torch_types = (nn.BatchNorm1d, nn.BatchNorm2d)
+    description = "batch normalisation (inference statistics); folded into the preceding conv/linear"
+
+    def from_torch(self, m):
+        c = m.num_features
+        mean = _np(m.running_mean) if m.running_mean is not None else np.zeros(c, np.float32)
+        var = _np(m.running_var) if m.running_var is not None else np.ones(c, np.float32)
+        return ({"eps": float(m.eps)},
+                {"running_mean": mean, "running_var": var,
+                 "weight": _np(m.weight) if m.weight is not None else np.ones(c, np.float32),
+                 "bias": _np(m.bias) if m.bias is not None else np.zeros(c, np.float32)})
+
+    def forward(self, node, x):
+        p = node.params
+        return F.batch_norm(x, _t(p["running_mean"]).to(x.dtype), _t(p["running_var"]).to(x.dtype),
+                            _t(p["weight"]).to(x.dtype), _t(p["bias"]).to(x.dtype), False, 0.0,
+                            node.attrs["eps"])
+
+
+@register
+class AvgPoolKind(NodeKind):
+    name = "avgpool"
+    torch_types = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    description = "2-D average pooling (AdaptiveAvgPool2d only to 1x1, as a global pool)"
+
+    def from_torch(self, m):
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            size = _pair(m.output_size) if m.output_size is not None else [None, None]
+            if size != [1, 1]:
+                raise InputError(f"AdaptiveAvgPool2d(output_size={m.output_size}) is supported "
+                                 "only with output_size 1")
+            return {"global": True, "kernel": None, "stride": None, "padding": [0, 0],
+                    "count_include_pad": True}, {}
+        if m.ceil_mode:
+            raise InputError("AvgPool2d(ceil_mode=True) is not supported")
+        if m.divisor_override is not None:
+            raise InputError("AvgPool2d(divisor_override=...) is not supported")
+        kernel = _pair(m.kernel_size)
+        stride = _pair(m.stride) if m.stride is not None else kernel
+        return {"global": False, "kernel": kernel, "stride": stride, "padding": _pair(m.padding),
+                "count_include_pad": bool(m.count_include_pad)}, {}
+
+    def infer_shape(self, node, in_shapes):
+        c, h, w = in_shapes[0]
+        a = node.attrs
+        if a.get("global"):
+            # Resolve the global pool against the actual input once shapes are known.
+            a["kernel"], a["stride"] = [h, w], [h, w]
+        out = [(size + 2 * p - k) // s + 1
+               for size, k, s, p in zip((h, w), a["kernel"], a["stride"], a["padding"])]
+        return (c, *out)
+
+    def forward(self, node, x):
+        a = node.attrs
+        return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"],
+                            count_include_pad=a["count_include_pad"])
+
+
+@register
+class FlattenKind(NodeKind):
+    name = "flatten"
+    torch_types = (nn.Flatten,)
+    description = "flatten to a vector in PyTorch CHW order"
+
+    def from_torch(self, m):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise InputError("Flatten is supported only with start_dim=1, end_dim=-1")
+        return {}, {}
+
+    def infer_shape(self, node, in_shapes):
+        return (int(np.prod(in_shapes[0])),)
+
+    def forward(self, node, x):
+        return x.flatten(1)
+
+
+@register
+class AddKind(NodeKind):
+    name = "add"
+    description = "element-wise sum of its inputs (residual connections)"
+
+    def infer_shape(self, node, in_shapes):
+        if len({tuple(s) for s in in_shapes}) != 1:
+            raise InputError(f"{node.label()}: adds tensors of different shapes {in_shapes}")
+        return in_shapes[0]
+
+    def forward(self, node, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+@register
+class QCFSKind(NodeKind):
+    name = "qcfs"
+    role = "activation"
+    description = "QCFS activation; becomes a population of spiking neurons with T = levels"
+
+    @property
+    def torch_types(self):  # resolved lazily: mtdeploy.nn imports nothing from the IR
+        from mtdeploy.nn import QCFS
+
+        return (QCFS,)
+
+    def from_torch(self, m):
+        return {"levels": int(m.levels)}, {"threshold": np.asarray(float(m.threshold), np.float32)}
+
+    def forward(self, node, x):
+        lam = float(node.params["threshold"])
+        levels = node.attrs["levels"]
+        return torch.clamp(torch.floor(x * (levels / lam) + 0.5), 0, levels) * (lam / levels)
+
+
+@register
+class AlignKind(NodeKind):
+    name = "align"
+    role = "timing"
+    description = ("temporal alignment between a producer with t_in steps and a consumer with "
+                   "t_out steps (avg-repeat, ttm); the identity on rates")

@@ -1,0 +1,44 @@
+"""Training-side modules. ``QCFS`` marks each activation layer's number of quantization levels.
+
+QCFS (Bu et al., ICLR 2022): h(z) = (lam/L) * clip(floor(z*L/lam + 1/2), 0, L), with a trainable
+clip value ``lam`` (the SNN threshold) and a straight-through gradient for ``floor``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x) in the forward pass, identity gradient in the backward pass.
+
+    Written as ``x + (floor(x) - x).detach()`` rather than a custom autograd Function so that
+    models stay traceable and scriptable (a TorchScript file is the safe way to ship a model).
+    """
+    return x + (torch.floor(x) - x).detach()
+
+
+class QCFS(nn.Module):
+    """Quantized clip-floor-shift activation with ``levels`` steps and trainable ``threshold``.
+
+    After conversion the layer becomes integrate-and-fire neurons with T = ``levels`` time steps,
+    firing threshold ``threshold`` and initial membrane potential ``threshold / 2``.
+    """
+
+    def __init__(self, levels: int, threshold: float = 4.0):
+        super().__init__()
+        levels = int(levels)
+        if levels < 1:
+            raise ValueError(f"QCFS levels must be >= 1, got {levels}")
+        if not threshold > 0:
+            raise ValueError(f"QCFS threshold must be > 0, got {threshold}")
+        self.levels = levels
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold
+        scaled = floor_ste(x * (self.levels / lam) + 0.5) / self.levels
+        return torch.clamp(scaled, 0.0, 1.0) * lam
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
