@@ -82,6 +82,14 @@ class Graph:
         self.nodes = {n: self.nodes[n] for n in order}
         return node
 
+    def insert_after(self, anchor: str, node: Node) -> Node:
+        """Add ``node`` right after ``anchor`` in the order (its inputs must come before)."""
+        order = list(self.nodes)
+        order.insert(order.index(anchor) + 1, node.name)
+        self.nodes[node.name] = node
+        self.nodes = {n: self.nodes[n] for n in order}
+        return node
+
     def remove(self, name: str) -> None:
         """Remove a single-input node, rewiring its consumers to its input."""
         node = self.nodes[name]

@@ -74,6 +74,14 @@ class NodeKind:
         """Float semantics on batch-first tensors (the ANN view)."""
         return xs[0]
 
+    def forward_int(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
+        """Fixed-point semantics (integer-valued float64 tensors, no bias: semantics §3)."""
+        return self.forward(node, *xs)
+
+    def simulate(self, node: Node, current: torch.Tensor, fixed_point: bool, ctx) -> torch.Tensor:
+        """Population dynamics over time-major current (T, N, ...) -> output (T_out, N, ...)."""
+        raise NotImplementedError(f"{self.name} is not a population kind")
+
 
 @register
 class InputKind(NodeKind):
@@ -120,6 +128,11 @@ class ConvKind(NodeKind):
         return F.conv2d(x, _t(node.params["weight"]).to(x.dtype), _t(node.params["bias"]).to(x.dtype),
                         a["stride"], a["padding"], a["dilation"], a["groups"])
 
+    def forward_int(self, node, x):
+        a = node.attrs
+        w = torch.as_tensor(node.params["weight_int"], dtype=x.dtype)
+        return F.conv2d(x, w, None, a["stride"], a["padding"], a["dilation"], a["groups"])
+
 
 @register
 class LinearKind(NodeKind):
@@ -140,6 +153,9 @@ class LinearKind(NodeKind):
 
     def forward(self, node, x):
         return F.linear(x, _t(node.params["weight"]).to(x.dtype), _t(node.params["bias"]).to(x.dtype))
+
+    def forward_int(self, node, x):
+        return F.linear(x, torch.as_tensor(node.params["weight_int"], dtype=x.dtype))
 
 
 @register
@@ -202,6 +218,12 @@ class AvgPoolKind(NodeKind):
         return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"],
                             count_include_pad=a["count_include_pad"])
 
+    def forward_int(self, node, x):
+        # A sum pool: the 1/(kh*kw) lives in the downstream weights (semantics §3).
+        a = node.attrs
+        return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], count_include_pad=True,
+                            divisor_override=1)
+
 
 @register
 class FlattenKind(NodeKind):
@@ -258,6 +280,18 @@ class QCFSKind(NodeKind):
         levels = node.attrs["levels"]
         return torch.clamp(torch.floor(x * (levels / lam) + 0.5), 0, levels) * (lam / levels)
 
+    def simulate(self, node, current, fixed_point, ctx):
+        from mtdeploy.sim import dynamics
+
+        run = dynamics.tpp if node.attrs.get("neuron", "if") == "tpp" else dynamics.integrate_and_fire
+        return run(node, current, fixed_point, ctx)
+
+    def closed_form(self, node, current_int):
+        """Spike count under constant integer current (the equally quantized ANN)."""
+        from mtdeploy.sim import dynamics
+
+        return dynamics.if_count_closed_form(node, current_int)
+
 
 @register
 class AlignKind(NodeKind):
@@ -265,3 +299,27 @@ class AlignKind(NodeKind):
     role = "timing"
     description = ("temporal alignment between a producer with t_in steps and a consumer with "
                    "t_out steps (avg-repeat, ttm); the identity on rates")
+
+    def resample(self, node, x, fixed_point):
+        """Time-major (t_in, N, ...) -> (t_out, N, ...), semantics §2/§3."""
+        from mtdeploy.sim import dynamics
+
+        return dynamics.align(node, x, fixed_point)
+
+
+@register
+class ReadoutKind(NodeKind):
+    name = "readout"
+    role = "activation"
+    description = ("the output population: accumulates the last layer's current over its window; "
+                   "its value is the mean current, in the ANN's logit units")
+
+    def simulate(self, node, current, fixed_point, ctx):
+        from mtdeploy.sim import dynamics
+
+        return dynamics.readout(node, current, fixed_point)
+
+    def closed_form(self, node, current_int):
+        from mtdeploy.sim import dynamics
+
+        return dynamics.readout(node, current_int[None], True)[0]

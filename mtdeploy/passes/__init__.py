@@ -1,0 +1,3 @@
+"""IR passes: BN folding, conversion to an MT-SNN, quantization, scheduling."""
+from mtdeploy.passes.convert import ConvertOptions, convert  # noqa: F401
+from mtdeploy.passes.quantize import quantize  # noqa: F401

@@ -1,0 +1,197 @@
+"""The reference simulator: batched torch, layer by layer, real membrane dynamics per step.
+
+Float mode follows docs/semantics.md §2, fixed-point mode §3 (bit-exact with the Lava
+``fixed_pt`` models). ``mode="ann-int"`` evaluates the equally quantized ANN (closed form per
+population), the oracle that fixed-point avg-repeat simulation must equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kinds import kind_of
+from mtdeploy.ir.snn import incoming_edges, populations, tree_nodes
+
+MODES = ("float", "fixed", "ann-int")
+
+
+@dataclass
+class SimResult:
+    output: np.ndarray                                   # (N, classes), ANN units
+    counts: dict[str, np.ndarray] = field(default_factory=dict)   # population -> (N, *shape)
+    synops: dict[str, float] = field(default_factory=dict)        # population -> events, whole batch
+    input_clipped: int = 0                               # inputs saturated by fixed-point range
+
+    @property
+    def total_synops(self) -> float:
+        return float(sum(self.synops.values()))
+
+
+def quantize_input(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Integer input per semantics §3, and how many values saturated."""
+    limit = 2 ** (graph.meta["input_bits"] - 1) - 1
+    scaled = torch.round(x * 2.0 ** graph.meta["input_exp"])
+    clipped = int((scaled.abs() > limit).sum())
+    return scaled.clamp(-limit, limit), clipped
+
+
+def _apply_gains(node: Node, xs: list[torch.Tensor], fixed: bool) -> list[torch.Tensor]:
+    gains = node.attrs.get("input_gain_int")
+    if not fixed or not gains:
+        return xs
+    return [x * g for x, g in zip(xs, gains)]
+
+
+def _linear(node: Node, xs: list[torch.Tensor], fixed: bool) -> torch.Tensor:
+    steps = {x.shape[0] for x in xs}
+    if len(steps) != 1:
+        raise ValueError(f"{node.name}: inputs with different step counts {steps}")
+    t, n = xs[0].shape[:2]
+    flat = [x.reshape(t * n, *x.shape[2:]) for x in xs]
+    kind = kind_of(node)
+    y = kind.forward_int(node, *flat) if fixed else kind.forward(node, *flat)
+    return y.reshape(t, n, *y.shape[1:])
+
+
+def _indicator_events(graph: Graph, pop: Node, counts: dict[str, torch.Tensor]) -> float:
+    """SynOps into ``pop``: each producer spike times its fan-out through the projection tree."""
+    values: dict[str, torch.Tensor] = {}
+    total = 0.0
+    for node in tree_nodes(graph, pop):
+        if node.kind == "align":
+            src = graph[node.inputs[0]]
+            if src.kind == "input":
+                return 0.0  # analog input: MACs, not synaptic events
+            values[node.name] = counts[src.name]
+            continue
+        xs = [values.get(i, counts.get(i)) for i in node.inputs]
+        if any(x is None for x in xs):
+            return 0.0
+        if kind_of(node).weighted:
+            # Same op with every nonzero weight set to 1: its output sums count events.
+            indicator = Node(node.name, node.kind, node.inputs, node.attrs,
+                             {"weight_int": (node.params["weight"] != 0).astype(np.float64)})
+            y = kind_of(node).forward_int(indicator, *xs)
+            total += float(y.sum())
+            values[node.name] = y
+        else:
+            values[node.name] = kind_of(node).forward_int(node, *xs)
+    return total
+
+
+def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: np.ndarray,
+               record: bool) -> tuple[torch.Tensor, dict, dict, int]:
+    fixed = mode != "float"
+    values: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    synops: dict[str, float] = {}
+    clipped = 0
+    ctx = {"seed": seed, "sample_ids": sample_ids}
+    for node in graph:
+        kind = kind_of(node)
+        if kind.role == "source":
+            xin = x
+            if fixed:
+                xin, clipped = quantize_input(graph, x)
+            values[node.name] = xin.unsqueeze(0)
+            continue
+        xs = [values[i] for i in node.inputs]
+        if kind.role == "timing":
+            if mode == "ann-int":
+                values[node.name] = xs[0].sum(0, keepdim=True) if node.attrs["method"] == "avg-repeat" \
+                    else _reject_closed_form(node)
+            else:
+                values[node.name] = kind.resample(node, xs[0], fixed)
+            continue
+        xs = _apply_gains(node, xs, fixed)
+        if kind.role == "linear":
+            values[node.name] = _linear(node, xs, fixed)
+            continue
+        current = xs[0]
+        if fixed:
+            current = current + torch.as_tensor(node.params["bias_int"], dtype=current.dtype)
+        if mode == "ann-int":
+            if current.shape[0] != 1:
+                _reject_closed_form(node)
+            out = kind.closed_form(node, current[0]).unsqueeze(0)
+        else:
+            out = kind.simulate(node, current, fixed, ctx)
+        values[node.name] = out
+        if kind.name != "readout":
+            spikes = out if fixed else out / float(node.params["threshold"]) \
+                if "threshold" in node.params else out
+            counts[node.name] = spikes.sum(0)
+            if record and mode != "ann-int":
+                synops[node.name] = _indicator_events(graph, node, counts)
+    for pop in populations(graph):
+        if record and pop.kind == "readout" and mode != "ann-int":
+            synops[pop.name] = _indicator_events(graph, pop, counts)
+    return values[graph.output][0], counts, synops, clipped
+
+
+def _reject_closed_form(node: Node):
+    raise InputError(f"{node.name}: the equally quantized ANN exists only with avg-repeat "
+                     "alignment on every edge")
+
+
+def simulate(graph: Graph, x, mode: str = "float", seed: int | None = None,
+             batch_size: int = 512, record: bool = True, progress: bool = False) -> SimResult:
+    """Run ``x`` (N, *input_shape) through a converted graph (quantized for fixed/ann-int)."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}")
+    if not graph.meta.get("converted"):
+        raise InputError("simulate needs a converted graph (mtdeploy.passes.convert)")
+    if mode != "float" and not graph.meta.get("quantized"):
+        raise InputError("fixed-point simulation needs a quantized graph (mtdeploy.passes.quantize)")
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    want = tuple(graph.input.shape)
+    if tuple(x.shape[1:]) != want:
+        raise InputError(f"input has shape {tuple(x.shape)}; the model takes (N, {', '.join(map(str, want))})")
+    seed = graph.meta.get("seed", 0) if seed is None else seed
+    outs, all_counts, all_synops, clipped = [], {}, {}, 0
+    starts = range(0, x.shape[0], batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"simulate ({mode})", unit="batch", leave=False)
+    with torch.no_grad():
+        for start in starts:
+            xb = x[start:start + batch_size]
+            ids = np.arange(start, start + xb.shape[0])
+            out, counts, synops, c = _run_batch(graph, xb, mode, seed, ids, record)
+            outs.append(out)
+            clipped += c
+            for k, v in counts.items():
+                all_counts.setdefault(k, []).append(v)
+            for k, v in synops.items():
+                all_synops[k] = all_synops.get(k, 0.0) + v
+    return SimResult(torch.cat(outs).numpy(), {k: torch.cat(v).numpy() for k, v in all_counts.items()},
+                     all_synops, clipped)
+
+
+def tree_int_forward(graph: Graph, pop_name: str, edge_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The integer projection tree of one population, without bias, for one time step.
+
+    ``edge_inputs`` maps each edge (align node name, or producer name for a streamed edge) to
+    an integer tensor (N, *shape); edges left out are zero. Gains are applied. Used by
+    backends to materialise synapse matrices.
+    """
+    pop = graph[pop_name]
+    n = next(iter(edge_inputs.values())).shape[0] if edge_inputs else 1
+    values: dict[str, torch.Tensor] = {}
+    for e in incoming_edges(graph, pop):
+        key = e.align or e.producer
+        shape = graph[key].shape
+        values[key] = torch.as_tensor(edge_inputs[key], dtype=torch.float64) if key in edge_inputs \
+            else torch.zeros((n, *shape), dtype=torch.float64)
+    for node in tree_nodes(graph, pop):
+        if node.name in values:
+            continue
+        xs = _apply_gains(node, [values[i] for i in node.inputs], True)
+        values[node.name] = kind_of(node).forward_int(node, *xs)
+    xs = _apply_gains(pop, [values[i] for i in pop.inputs], True)
+    return xs[0]
