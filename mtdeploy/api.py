@@ -1,0 +1,122 @@
+"""The Python API the CLI is a thin shell over: load, compile, simulate."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtdeploy.errors import DoesNotFitError, InputError
+from mtdeploy.ir.graph import Graph
+from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
+
+BUILD_GRAPH = "graph.mtir"
+
+
+def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
+    """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net) -> BN-folded IR."""
+    if isinstance(model, Graph):
+        return model.copy()
+    from mtdeploy import frontends
+
+    if isinstance(model, (str, Path)):
+        return frontends.load_model_graph(model, input_shape, trust_pickle=trust_pickle)
+    return frontends.graph_from_module(model, input_shape)
+
+
+@dataclass
+class Build:
+    out_dir: Path | None
+    graph: Graph
+    schedule: dict
+    report: dict
+    check: Any = None
+    files: list[str] = field(default_factory=list)
+
+
+def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="build",
+                  timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
+                  v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
+                  weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
+                  hop_delay: int = 1, write: bool = True) -> Build:
+    """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
+
+    Raises DoesNotFitError (exit 3) with every finding when the model does not fit; nothing is
+    written then. The build directory appears whole or not at all.
+    """
+    t0 = time.perf_counter()
+    graph = load_model(model, input_shape, trust_pickle)
+    options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
+                             v_init=v_init, seed=seed, input_max=input_max)
+    snn = convert(graph, options)
+    quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+    sched = schedule(snn, hop_delay=hop_delay)
+    check = _check(snn, target)
+    if check is not None and not check.fits:
+        raise DoesNotFitError(_findings_text(check, target), check.findings)
+    from mtdeploy.report import build_report, report_markdown
+
+    report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
+    build = Build(Path(out_dir) if write else None, snn, sched, report, check)
+    if write:
+        _write_build(build)
+    return build
+
+
+def _check(graph: Graph, target: str):
+    from mtdeploy.targets.checker import check
+    from mtdeploy.targets.profiles import load_profile
+
+    return check(graph, load_profile(target))
+
+
+def _findings_text(check, target) -> str:
+    lines = [f"the network does not fit {target}: {len(check.findings)} finding(s)"]
+    lines += [f"  - {f.message}" for f in check.findings]
+    smallest = getattr(check, "smallest_fitting_profile", None)
+    if smallest:
+        lines.append(f"it would fit on: {smallest}")
+    return "\n".join(lines)
+
+
+def _write_build(build: Build) -> None:
+    from mtdeploy.io import atomic_dir, write_json, write_text
+    from mtdeploy.report import report_markdown
+
+    with atomic_dir(build.out_dir) as tmp:
+        build.graph.save(tmp / BUILD_GRAPH)
+        write_json(tmp / "schedule.json", build.schedule)
+        write_json(tmp / "report.json", build.report)
+        write_text(tmp / "report.md", report_markdown(build.report))
+        build.files = sorted(p.name for p in tmp.iterdir())
+
+
+def load_build(build_dir) -> Graph:
+    """The converted, quantized graph of a build directory."""
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise InputError(f"{build_dir}: not a build directory (run 'mtdeploy compile' first)")
+    path = build_dir / BUILD_GRAPH
+    if not path.is_file():
+        raise InputError(f"{build_dir}: no {BUILD_GRAPH}; is this a build directory?")
+    return Graph.load(path)
+
+
+def simulate_build(build_dir_or_graph, x: np.ndarray, backend: str = "reference",
+                   fixed_point: bool = False, seed: int | None = None, progress: bool = False):
+    """Outputs (N, classes) in ANN units, plus the SimResult for the reference backend."""
+    graph = build_dir_or_graph if isinstance(build_dir_or_graph, Graph) \
+        else load_build(build_dir_or_graph)
+    if backend == "reference":
+        from mtdeploy.sim.reference import simulate
+
+        result = simulate(graph, x, mode="fixed" if fixed_point else "float", seed=seed,
+                          progress=progress)
+        return result.output, result
+    if backend == "lava":
+        from mtdeploy.targets.loihi2.lava import run_lava
+
+        return run_lava(graph, x, fixed_point=fixed_point, seed=seed), None
+    raise InputError(f"--backend must be 'reference' or 'lava', got {backend!r}")

@@ -1,0 +1,178 @@
+"""``mtdeploy`` command line: parses, calls :mod:`mtdeploy.api`, prints, maps errors to exit codes.
+
+Exit codes: 0 ok, 2 bad input, 3 does not fit the target, 4 not implemented yet, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mtdeploy import __version__
+from mtdeploy.errors import MtdeployError, NotBuiltYetError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (or F), got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
+    return dims
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same prefix and exit code as ours
+        self.print_usage(sys.stderr)
+        print(f"mtdeploy: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mtdeploy", description="Deploy mixed-timestep spiking neural networks "
+                "(QCFS-trained PyTorch ANNs) on Loihi-style neuromorphic chips.")
+    p.add_argument("--version", action="version", version=f"mtdeploy {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+
+    model_help = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "
+                  "unpickling runs code from the file), an mtdeploy .mtir, or a NetX .net")
+
+    c = sub.add_parser("compile", help="convert, check and build a model for a target")
+    c.add_argument("model", help=model_help)
+    c.add_argument("--target", default="loihi2", help="profile name (see 'mtdeploy targets') or YAML path")
+    c.add_argument("--input-shape", type=_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    c.add_argument("-o", "--output", default="build", help="build directory (default: build/)")
+    c.add_argument("--timesteps", help="T for all layers (int), or per layer as JSON / a JSON file; "
+                   "default: each layer's QCFS levels")
+    c.add_argument("--alignment", default="avg-repeat", choices=["avg-repeat", "ttm", "none"])
+    c.add_argument("--neuron", default="if", choices=["if", "tpp"])
+    c.add_argument("--v-init", type=float, default=0.5,
+                   help="initial membrane potential as a fraction of the threshold (0.5; 0 to compare)")
+    c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
+                   "scale; default 1.0)")
+    c.add_argument("--weight-bits", type=int, default=8)
+    c.add_argument("--seed", type=int, default=0, help="seed of the TPP neurons' random stream")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickled nn.Module (runs code from the file)")
+
+    k = sub.add_parser("check", help="hardware budget findings only")
+    k.add_argument("model", help=model_help)
+    k.add_argument("--target", default="loihi2")
+    k.add_argument("--input-shape", type=_shape)
+    k.add_argument("--timesteps")
+    k.add_argument("--json", action="store_true", help="findings as JSON on stdout")
+    k.add_argument("--trust-pickle", action="store_true")
+
+    s = sub.add_parser("simulate", help="run a build on inputs")
+    s.add_argument("build", help="a build directory written by 'mtdeploy compile'")
+    s.add_argument("--input", required=True, help="X.npy (N, *input_shape) or a labelled .npz (x, y)")
+    s.add_argument("--backend", default="reference", choices=["reference", "lava"])
+    s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
+    s.add_argument("--seed", type=int, help="TPP seed (default: the build's)")
+    s.add_argument("-o", "--output", help="write the outputs (N, classes) to this .npy")
+
+    sub.add_parser("targets", help="list the hardware profiles and their sources")
+
+    se = sub.add_parser("search", help="per-layer timestep search under a budget")
+    se.add_argument("model")
+    se.add_argument("--data")
+    se.add_argument("--budget")
+    se.add_argument("-o", "--output")
+    return p
+
+
+def _cmd_compile(a) -> int:
+    from mtdeploy.api import compile_model
+
+    build = compile_model(a.model, input_shape=a.input_shape, target=a.target, out_dir=a.output,
+                          timesteps=a.timesteps, alignment=a.alignment, neuron=a.neuron,
+                          v_init=a.v_init, seed=a.seed, input_max=a.input_max,
+                          weight_bits=a.weight_bits, trust_pickle=a.trust_pickle)
+    lat = build.report["latency"]
+    print(f"compiled {build.graph.name} for {a.target} -> {build.out_dir}/")
+    for row in build.report["layers"]:
+        print(f"  {row['layer']:<28} {row['neuron']:<4} T={row['T']:<3} neurons={row['neurons']:<6} "
+              f"window={row['window']}")
+    print(f"  mean T {lat['mean_T']:.2f}, sum T {lat['sum_T']}, sequential latency "
+          f"{lat['sequential_steps']} steps, pipelined interval {lat['pipeline_interval_steps']} steps")
+    print(f"  files: {', '.join(build.files)}")
+    return 0
+
+
+def _cmd_check(a) -> int:
+    from mtdeploy.api import load_model
+    from mtdeploy.passes import ConvertOptions, convert
+    from mtdeploy.targets.checker import run_check
+
+    graph = convert(load_model(a.model, a.input_shape, a.trust_pickle),
+                    ConvertOptions(timesteps=a.timesteps))
+    return run_check(graph, a.target, a.json, sys.stdout)
+
+
+def _cmd_simulate(a) -> int:
+    import numpy as np
+
+    from mtdeploy.api import simulate_build
+    from mtdeploy.io import load_samples, save_npy
+
+    x, y = load_samples(a.input)
+    out, result = simulate_build(a.build, x, backend=a.backend, fixed_point=a.fixed_point,
+                                 seed=a.seed, progress=sys.stderr.isatty())
+    mode = "fixed-point" if a.fixed_point else "float"
+    print(f"simulated {len(x)} samples ({a.backend}, {mode})")
+    if result is not None:
+        print(f"  SynOps per sample: {result.total_synops / max(len(x), 1):.1f}")
+        if result.input_clipped:
+            print(f"  warning: {result.input_clipped} input values saturated the fixed-point range; "
+                  "recompile with a larger --input-max", file=sys.stderr)
+    if y is not None:
+        print(f"  accuracy: {float(np.mean(out.argmax(1) == y)):.4f}")
+    if a.output:
+        save_npy(a.output, out)
+        print(f"  outputs -> {a.output}")
+    return 0
+
+
+def _cmd_targets(a) -> int:
+    from mtdeploy.targets.profiles import list_profiles
+
+    for profile in list_profiles():
+        print(profile.describe())
+    return 0
+
+
+def _cmd_search(a) -> int:
+    raise NotBuiltYetError("'mtdeploy search' (per-layer timestep search) is not implemented yet")
+
+
+COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "simulate": _cmd_simulate,
+            "targets": _cmd_targets, "search": _cmd_search}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.verb](args)
+    except MtdeployError as exc:
+        print(f"mtdeploy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mtdeploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in mtdeploy, not the user's fault: say so plainly
+        if os.environ.get("MTDEPLOY_DEBUG"):
+            raise
+        print(f"mtdeploy: internal error: {type(exc).__name__}: {exc}\n"
+              "(set MTDEPLOY_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

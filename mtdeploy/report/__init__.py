@@ -1,0 +1,61 @@
+"""The compile report: JSON for tools, Markdown for people."""
+from __future__ import annotations
+
+import dataclasses
+
+from mtdeploy import __version__
+from mtdeploy.ir.graph import Graph
+from mtdeploy.ir.snn import incoming_edges, populations
+
+
+def build_report(graph: Graph, sched: dict, check, target: str, options, seconds: float) -> dict:
+    layers = []
+    for pop in populations(graph):
+        if pop.kind == "input":
+            continue
+        row = {"layer": pop.name, "kind": pop.kind, "origin": pop.origin,
+               "neuron": pop.attrs.get("neuron", "-"), "T": pop.T, "neurons": pop.size,
+               "window": pop.attrs.get("window"), "exp": pop.attrs.get("exp"),
+               "threshold": float(pop.params["threshold"]) if "threshold" in pop.params else None,
+               "threshold_int": pop.attrs.get("threshold_int"),
+               "inputs": [{"from": e.producer,
+                           "alignment": graph[e.align].attrs["method"] if e.align else "stream"}
+                          for e in incoming_edges(graph, pop)]}
+        layers.append(row)
+    report = {
+        "mtdeploy_version": __version__, "model": graph.name, "target": target,
+        "options": dataclasses.asdict(options), "compile_seconds": round(seconds, 3),
+        "input": {"shape": list(graph.input.shape), "input_max": graph.meta.get("input_max"),
+                  "input_exp": graph.meta.get("input_exp"), "input_bits": graph.meta.get("input_bits")},
+        "layers": layers, "latency": sched["latency"],
+        "alignment_nodes": len(sched["alignment"]),
+    }
+    if check is not None:
+        report["budget"] = check.to_json()
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    lat = report["latency"]
+    lines = [f"# mtdeploy build: {report['model']} for {report['target']}", "",
+             f"mtdeploy {report['mtdeploy_version']}, compiled in {report['compile_seconds']} s; "
+             f"alignment `{report['options']['alignment']}`, neuron `{report['options']['neuron']}`.",
+             "", "## Latency", "",
+             "| mean T (papers) | sum T | max T | sequential steps (one sample) | pipelined interval |",
+             "|---|---|---|---|---|",
+             f"| {lat['mean_T']:.2f} | {lat['sum_T']} | {lat['max_T']} | {lat['sequential_steps']} "
+             f"| {lat['pipeline_interval_steps']} |", "", "## Layers", "",
+             "| layer | neuron | T | neurons | window | threshold (int) | inputs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["layers"]:
+        th = f"{r['threshold']:.4g} ({r['threshold_int']})" if r["threshold"] is not None else "-"
+        ins = ", ".join(f"{i['from']} [{i['alignment']}]" for i in r["inputs"])
+        lines.append(f"| {r['layer']} | {r['neuron']} | {r['T']} | {r['neurons']} | "
+                     f"{r['window']} | {th} | {ins} |")
+    budget = report.get("budget")
+    if budget and budget.get("markdown"):
+        lines += ["", "## Hardware budget", "", budget["markdown"]]
+    lava = report.get("lava")
+    if lava:
+        lines += ["", "## Lava process graph", "", "```", str(lava), "```"]
+    return "\n".join(lines) + "\n"
