@@ -1,0 +1,23 @@
+"""Lava backend: lowers a converted MT-SNN graph to Lava processes and runs Loihi2SimCfg.
+
+Everything that imports Lava stays inside this package, and importing the package itself does
+not import Lava (the names below load on first use), so the rest of mtdeploy works without it.
+"""
+from __future__ import annotations
+
+_EXPORTS = {
+    "lower_to_lava": "network", "run_lava": "network", "LavaNetwork": "network",
+    "SYNAPSE_HOP": "network", "ladder": "agreement", "first_divergence": "agreement",
+    "format_ladder": "agreement",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

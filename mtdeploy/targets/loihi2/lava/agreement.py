@@ -1,0 +1,92 @@
+"""Layer-by-layer agreement ladder: QCFS ANN -> float SNN -> fixed-point SNN -> Lava.
+
+When Lava's output disagrees with the ANN, this says where it starts: each row is one
+population, each column the agreement between two neighbouring rungs (the fraction of
+(sample, neuron) pairs with equal firing rates; for the readout, equal values). The first row
+with a column below 1 names the layer and the step that broke.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mtdeploy.ir.graph import Graph
+from mtdeploy.ir.snn import populations
+from mtdeploy.sim.ann import ann_forward
+
+STAGES = ("ann", "float", "fixed", "lava")
+PAIRS = (("ann", "float"), ("float", "fixed"), ("fixed", "lava"))
+
+
+def _agree(a: np.ndarray, b: np.ndarray, exact: bool) -> tuple[float, float]:
+    """(fraction of equal entries, max |a - b|)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    same = a == b if exact else np.isclose(a, b, rtol=1e-9, atol=1e-12)
+    return float(same.mean()) if same.size else 1.0, float(np.abs(a - b).max(initial=0.0))
+
+
+def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 600.0) -> list[dict]:
+    """One row per population (input excluded), in topological order.
+
+    Spiking rows compare firing rates (count / T; the ANN's activation / threshold, i.e. its
+    level / levels, from :func:`mtdeploy.sim.ann.ann_forward`); readout rows the
+    outputs in ANN units. ``fixed`` vs ``lava`` must agree exactly; the other pairs measure
+    conversion (ANN -> float SNN) and quantization (float -> fixed) error. Each row carries
+    ``diverges``: the pairs below full agreement, and ``first`` marks the first such row.
+    """
+    from mtdeploy.sim.reference import simulate
+    from mtdeploy.targets.loihi2.lava.network import run_lava
+
+    x = np.asarray(x, dtype=np.float64)
+    ann = {k: v.numpy() for k, v in ann_forward(graph, x, return_all=True).items()}
+    flt = simulate(graph, x, mode="float", seed=seed)
+    fix = simulate(graph, x, mode="fixed", seed=seed)
+    lava_out, lava_counts = run_lava(graph, x, fixed_point=True, seed=seed, timeout_s=timeout_s,
+                                     record_counts=True)
+    rows, seen_first = [], False
+    for pop in populations(graph):
+        if pop.kind == "input":
+            continue
+        if pop.kind == "readout":
+            series = {"ann": ann[graph.output], "float": flt.output, "fixed": fix.output,
+                      "lava": lava_out}
+        else:
+            series = {"ann": ann[pop.name] / float(pop.params["threshold"]),
+                      "float": flt.counts[pop.name] / pop.T,
+                      "fixed": fix.counts[pop.name] / pop.T,
+                      "lava": lava_counts[pop.name] / pop.T}
+        row = {"layer": pop.name, "kind": pop.kind, "neuron": pop.attrs.get("neuron"),
+               "T": pop.T, "neurons": pop.size, "agreement": {}, "max_abs_diff": {}}
+        for a, b in PAIRS:
+            frac, diff = _agree(series[a], series[b], exact=(a, b) == ("fixed", "lava"))
+            row["agreement"][f"{a}-{b}"] = frac
+            row["max_abs_diff"][f"{a}-{b}"] = diff
+        if pop.kind == "readout":
+            row["argmax_agreement"] = {f"{a}-{b}": float(np.mean(series[a].argmax(1)
+                                                                 == series[b].argmax(1)))
+                                       for a, b in PAIRS}
+        row["diverges"] = [k for k, v in row["agreement"].items() if v < 1.0]
+        row["first"] = bool(row["diverges"]) and not seen_first
+        seen_first = seen_first or row["first"]
+        rows.append(row)
+    return rows
+
+
+def first_divergence(rows: list[dict], pair: str | None = None) -> dict | None:
+    """The first row where any pair (or the given ``pair``, e.g. "fixed-lava") disagrees."""
+    for row in rows:
+        if (pair is None and row["diverges"]) or (pair is not None and pair in row["diverges"]):
+            return {"layer": row["layer"], "pairs": row["diverges"]}
+    return None
+
+
+def format_ladder(rows: list[dict]) -> str:
+    """A plain-text table of the ladder (agreement fractions), the first divergence marked."""
+    head = f"{'layer':<20} {'kind':<8} {'T':>3} {'n':>6}  " + "  ".join(
+        f"{a + '-' + b:>11}" for a, b in PAIRS)
+    lines = [head]
+    for r in rows:
+        cells = "  ".join(f"{r['agreement'][a + '-' + b]:>11.4f}" for a, b in PAIRS)
+        mark = "  <- first divergence" if r["first"] else ""
+        lines.append(f"{r['layer']:<20} {r['kind']:<8} {r['T']:>3} {r['neurons']:>6}  "
+                     f"{cells}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Lava processes of an MT-SNN: populations, alignment, input and readout (docs/semantics.md).
+
+Every process keeps a global clock: Lava's ``time_step`` (1-based) becomes the step inside the
+sample period, ``g = (time_step - 1) % period``, and the sample index ``(time_step - 1) // period``.
+A process is active only inside its window ``[start, end)`` of ``g``; outside it still receives
+and sends on every port each step (a silent port deadlocks Lava) and sends zeros. That is what
+lets one build run many samples back to back.
+
+Shapes are Lava's layout: ``(W, H, C)`` for image-like tensors (what ``lava.proc.conv.Conv``
+reads and writes), ``(n,)`` for vectors. Numbers passed in are already in the mode's units
+(integers for ``fixed_pt``, floats for ``floating_pt``); the models in :mod:`.models` read them.
+
+This folder holds only processes and models: Lava's compiler imports every module beside a
+process's module when it looks for models, so no driver code lives here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+
+
+def _window(window) -> tuple[int, int]:
+    start, end = (int(w) for w in window)
+    if not 0 <= start < end:
+        raise ValueError(f"window must satisfy 0 <= start < end, got {window}")
+    return start, end
+
+
+def _per_sample(shape, n_samples: int, record: bool) -> tuple[int, ...]:
+    return (max(1, int(n_samples)) if record else 1, *shape)
+
+
+class SampleSource(AbstractProcess):
+    """Presents sample n's input ``data[n]`` once, at step 0 of period n (graded values)."""
+
+    def __init__(self, *, data: np.ndarray, period: int, name: str | None = None):
+        data = np.asarray(data)
+        super().__init__(period=int(period), name=name)
+        self.s_out = OutPort(shape=data.shape[1:])
+        self.data = Var(shape=data.shape, init=data)
+
+
+class IFNeuron(AbstractProcess):
+    """Integrate-and-fire, reset by subtraction, active in ``window`` of each sample period.
+
+    ``threshold``/``v_init``/``bias`` are integers for the fixed-point model (24-bit saturating
+    state) and real values for the float model. With ``reset`` the membrane is re-initialised to
+    ``v_init`` at the window start of every sample. ``record`` keeps per-sample spike counts.
+    """
+
+    def __init__(self, *, shape, threshold, v_init, bias, window, period: int, n_samples: int = 1,
+                 record: bool = False, reset: bool = True, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        start, end = _window(window)
+        super().__init__(shape=shape, threshold=threshold, v_init=v_init, start=start, end=end,
+                         period=int(period), reset=bool(reset), record=bool(record), name=name)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=np.full(shape, v_init))
+        self.bias = Var(shape=shape, init=np.broadcast_to(np.asarray(bias), shape).copy())
+        self.counts = Var(shape=_per_sample(shape, n_samples, record), init=0)
+
+
+class TPPNeuron(AbstractProcess):
+    """Two-phase probabilistic neuron: accumulate for T steps, then fire for T steps.
+
+    The Bernoulli draws come from :mod:`mtdeploy.sim.rng` keyed by (seed, ``population``,
+    sample index + ``sample_offset``, phase-2 step k, ``neuron_ids``): ``neuron_ids`` holds each
+    Lava-layout neuron's flat index in the IR's (C, H, W) order, so the draws equal the
+    reference simulator's.
+    """
+
+    def __init__(self, *, shape, threshold, bias, start: int, T: int, period: int, seed: int,
+                 population: str, neuron_ids: np.ndarray, n_samples: int = 1,
+                 sample_offset: int = 0, record: bool = False, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        start, _ = _window((start, start + 2 * int(T)))
+        ids = np.asarray(neuron_ids, dtype=np.int64)
+        if ids.shape != shape:
+            raise ValueError(f"neuron_ids has shape {ids.shape}, expected {shape}")
+        super().__init__(shape=shape, threshold=threshold, start=start, T=int(T),
+                         period=int(period), seed=int(seed), population=str(population),
+                         sample_offset=int(sample_offset), record=bool(record), name=name)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=0)
+        self.bias = Var(shape=shape, init=np.broadcast_to(np.asarray(bias), shape).copy())
+        self.neuron_ids = Var(shape=shape, init=ids)
+        self.counts = Var(shape=_per_sample(shape, n_samples, record), init=0)
+
+
+class AlignAvgRepeat(AbstractProcess):
+    """Average-and-repeat after the synapse: sums the synaptic current arriving in ``in_window``
+    and injects the sum every step of ``out_window`` (the 1/t_in lives in the weights)."""
+
+    def __init__(self, *, shape, in_window, out_window, period: int, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        a0, a1 = _window(in_window)
+        b0, b1 = _window(out_window)
+        if b0 < a1:
+            raise ValueError(f"out_window {out_window} starts before in_window {in_window} ends")
+        super().__init__(shape=shape, a0=a0, a1=a1, b0=b0, b1=b1, period=int(period), name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.acc = Var(shape=shape, init=0)
+
+
+def ttm_matrix(t_in: int, t_out: int) -> np.ndarray:
+    """(t_out, t_in) 0/1 matrix: output step j sums (down) or copies (up) input steps.
+
+    Boundaries b_k = round(k * T_more / T_fewer) with Python's ``round`` (semantics §2).
+    """
+    t_more, t_fewer = max(t_in, t_out), min(t_in, t_out)
+    b = [int(round(k * t_more / t_fewer)) for k in range(t_fewer + 1)]
+    m = np.zeros((t_out, t_in), dtype=np.int64)
+    for k in range(t_fewer):
+        for t in range(b[k], b[k + 1]):
+            if t_in >= t_out:
+                m[k, t] = 1      # down: group k of inputs sums into output k
+            else:
+                m[t, k] = 1      # up: input k repeats over output group k
+    return m
+
+
+class AlignTTM(AbstractProcess):
+    """TTM after the synapse: buffers the t_in per-step currents arriving from ``in_start`` and
+    emits ``ttm_matrix(t_in, t_out) @ buffer`` over the t_out steps from ``out_start``."""
+
+    def __init__(self, *, shape, in_start: int, t_in: int, out_start: int, t_out: int,
+                 period: int, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        a0, a1 = _window((in_start, in_start + int(t_in)))
+        b0, _ = _window((out_start, out_start + int(t_out)))
+        if b0 < a1:
+            raise ValueError("TTM output window starts before its input window ends")
+        mix = ttm_matrix(int(t_in), int(t_out))
+        super().__init__(shape=shape, a0=a0, t_in=int(t_in), b0=b0, t_out=int(t_out),
+                         period=int(period), name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.buffer = Var(shape=(int(t_in), *shape), init=0)
+        self.mix = Var(shape=mix.shape, init=mix)
+
+
+class DelayLine(AbstractProcess):
+    """Delays a current stream by ``delay`` steps (a FIFO; on Loihi, a synaptic delay).
+
+    A streamed edge (no align node) needs it when its consumer starts later than one hop after
+    the producer's first output step, because another input of the consumer arrives later.
+    """
+
+    def __init__(self, *, shape, delay: int, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        if int(delay) < 1:
+            raise ValueError(f"delay must be >= 1, got {delay}")
+        super().__init__(shape=shape, delay=int(delay), name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.fifo = Var(shape=(int(delay), *shape), init=0)
+
+
+class Readout(AbstractProcess):
+    """Accumulates its input current plus ``bias`` over ``window``; stores sample n's sum in
+    ``result[n]`` at the window's last step (host converts to ANN units)."""
+
+    def __init__(self, *, shape, bias, window, period: int, n_samples: int,
+                 name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        start, end = _window(window)
+        super().__init__(shape=shape, start=start, end=end, period=int(period), name=name)
+        self.a_in = InPort(shape=shape)
+        self.acc = Var(shape=shape, init=0)
+        self.bias = Var(shape=shape, init=np.broadcast_to(np.asarray(bias), shape).copy())
+        self.result = Var(shape=(max(1, int(n_samples)), *shape), init=0)
