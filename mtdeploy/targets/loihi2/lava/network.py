@@ -275,6 +275,7 @@ class LavaNetwork:
         self.neurons: dict[str, Any] = {}
         self.layers: dict[str, _LayerInfo] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self.timings: dict[str, float] = {}     # wall-clock seconds of the last run's phases
         self._started = False
         self._done = False
 
@@ -320,9 +321,11 @@ class LavaNetwork:
         steps = self.period * self.n_samples
         finished = False
         try:
+            t0 = time.perf_counter()
             cfg = Loihi2SimCfg(select_tag="fixed_pt" if self.fixed_point else "floating_pt")
             self.source.create_runtime(run_cfg=cfg)
             runtime = self.source.runtime
+            t1 = time.perf_counter()
             self.source.run(condition=RunSteps(num_steps=steps, blocking=False))
             ports = list(runtime.service_to_runtime)
             while not all(p.probe() for p in ports):
@@ -330,13 +333,19 @@ class LavaNetwork:
                     raise MtdeployError(
                         f"the Lava run did not finish within {timeout_s:g} s ({steps} steps, "
                         f"{self.process_count()} processes); its processes were terminated")
-                time.sleep(0.005)
+                time.sleep(0.002)
             runtime.wait()
+            t2 = time.perf_counter()
             result = self.readout.result.get()[:self.n_samples]
             self.counts = self._read_counts() if self.record_counts else {}
+            t3 = time.perf_counter()
+            self.timings = {"compile_and_start_s": t1 - t0, "run_s": t2 - t1,
+                            "read_s": t3 - t2, "steps": steps}
             finished = True
         finally:
+            t4 = time.perf_counter()
             self._shutdown(graceful=finished)
+            self.timings["stop_s"] = time.perf_counter() - t4
         return self._to_ann_units(result)
 
     def _read_counts(self) -> dict[str, np.ndarray]:
@@ -416,6 +425,31 @@ def _terminate(runtime) -> None:
         pass
     runtime._is_started = False   # keeps Runtime.__del__ from a blocking stop()
     runtime._is_running = False
+
+
+def child_pids() -> set[int]:
+    """Live child processes of this interpreter (Lava runs each process as one), except
+    Python's shared-memory resource tracker, a singleton that lives until the interpreter
+    exits. Empty after every run here: how tests check that nothing was left behind."""
+    import os
+
+    multiprocessing.active_children()   # reaps children that have exited
+    kids = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != os.getpid() or fields[0] == "Z":
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"multiprocessing.resource_tracker" in fh.read():
+                    continue
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.add(int(pid))
+    return kids
 
 
 def _lava_version() -> str:
