@@ -183,6 +183,22 @@ def test_keyboard_interrupt_stops_lava(qcfs_mlp):
     assert network.child_pids() <= before
 
 
+def test_a_failing_process_ends_the_run_with_its_error(qcfs_mlp, monkeypatch):
+    """Lava 0.10 hangs when a process model raises; the runner notices the dead process and
+    reports its exception instead of waiting for the timeout."""
+    from mtdeploy.targets.loihi2.lava.procs import models
+
+    def broken(self):
+        raise ZeroDivisionError("neuron model failed on purpose")
+
+    monkeypatch.setattr(models.PyIFNeuronFixed, "run_spk", broken)   # inherited by the fork
+    graph = build(import_torch(qcfs_mlp.model, qcfs_mlp.input_shape))
+    before = network.child_pids()
+    with pytest.raises(MtdeployError, match="ZeroDivisionError: neuron model failed"):
+        run_lava(graph, qcfs_mlp.batch(2).numpy(), timeout_s=120)
+    assert network.child_pids() <= before
+
+
 # ---- ladder -------------------------------------------------------------------------------
 def test_ladder_agrees_on_every_layer(qcfs_residual):
     graph = build(import_torch(qcfs_residual.model, qcfs_residual.input_shape), "avg-repeat")

@@ -328,11 +328,15 @@ class LavaNetwork:
             t1 = time.perf_counter()
             self.source.run(condition=RunSteps(num_steps=steps, blocking=False))
             ports = list(runtime.service_to_runtime)
+            polls = 0
             while not all(p.probe() for p in ports):
                 if deadline is not None and time.monotonic() > deadline:
                     raise MtdeployError(
                         f"the Lava run did not finish within {timeout_s:g} s ({steps} steps, "
                         f"{self.process_count()} processes); its processes were terminated")
+                polls += 1
+                if polls % 50 == 0:
+                    _raise_if_an_actor_died(runtime)
                 time.sleep(0.002)
             runtime.wait()
             t2 = time.perf_counter()
@@ -386,6 +390,23 @@ class LavaNetwork:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _raise_if_an_actor_died(runtime) -> None:
+    """A process model that raises leaves the rest of the run waiting forever (Lava 0.10's
+    runtime service does not pass the error on); its OS process has exited though, so fail
+    fast with its exception instead of running into the timeout."""
+    infra = getattr(runtime, "_messaging_infrastructure", None)
+    for actor in list(getattr(infra, "actors", []) or []):
+        if actor.is_alive():
+            continue
+        exc = actor.exception
+        detail = ""
+        if isinstance(exc, tuple) and exc:
+            detail = f": {type(exc[0]).__name__}: {exc[0]}"
+            if len(exc) > 1 and exc[1]:
+                detail += "\n" + "\n".join(str(exc[1]).strip().splitlines()[-6:])
+        raise MtdeployError(f"a Lava process exited during the run{detail}")
 
 
 def _quiet_stop(runtime) -> None:
