@@ -7,7 +7,7 @@ from __future__ import annotations
 
 _EXPORTS = {
     "lower_to_lava": "network", "run_lava": "network", "LavaNetwork": "network",
-    "SYNAPSE_HOP": "network", "ladder": "agreement", "first_divergence": "agreement",
+    "SYNAPSE_HOP": "network", "child_pids": "network", "ladder": "agreement", "first_divergence": "agreement",
     "format_ladder": "agreement",
 }
 

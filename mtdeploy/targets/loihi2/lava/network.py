@@ -23,6 +23,7 @@ Lava's ``Conv`` ignores ``weight_exp`` and wraps its output to 24 bits, so a con
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -51,7 +52,7 @@ SYNAPSE_HOP = 1             # steps a Dense/Sparse/Conv process delays its input
 CONV_OUT_LIMIT = 2 ** 23    # Lava's fixed-point Conv wraps a_out to signed 24 bits
 SPARSE_BELOW = 0.1          # density under which a matrix becomes a Sparse process
 SPARSE_MIN_SIZE = 1024      # ... if it has at least this many entries
-GRADED_BITS = 24            # num_message_bits for graded input (the sample's integers)
+GRADED_BITS = 24            # num_message_bits of graded input without a quantized input width
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -309,9 +310,10 @@ class LavaNetwork:
     def run(self, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> np.ndarray:
         """Run all samples; returns the readout (N, *out shape) in the ANN's units.
 
-        The runtime is stopped afterwards whatever happens; a run that does not finish within
-        ``timeout_s`` (compile and start-up included) has its OS processes terminated and raises
-        :class:`MtdeployError`.
+        The runtime is stopped afterwards whatever happens (errors, Ctrl-C). ``timeout_s`` counts
+        from this call, compile and start-up included, and is enforced while the network runs:
+        past it the OS processes are terminated and :class:`MtdeployError` is raised. A process
+        that dies mid-run raises :class:`MtdeployError` with its exception at once.
         """
         if self._started:
             raise MtdeployError("this LavaNetwork has already run; build a new one "
@@ -452,9 +454,9 @@ def child_pids() -> set[int]:
     """Live child processes of this interpreter (Lava runs each process as one), except
     Python's shared-memory resource tracker, a singleton that lives until the interpreter
     exits. Empty after every run here: how tests check that nothing was left behind."""
-    import os
-
-    multiprocessing.active_children()   # reaps children that have exited
+    live = multiprocessing.active_children()   # also reaps children that have exited
+    if not os.path.isdir("/proc"):
+        return {p.pid for p in live}
     kids = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -634,7 +636,7 @@ def _connect_edge(g: Graph, pop: Node, key: str, entry: str | None, src_port, ds
     """Synapse processes for one edge's projection, wired src_port -> ... -> dst_port."""
     producer = g[g[key].inputs[0]] if g[key].kind == "align" else g[key]
     graded = producer.kind == "input"
-    bits = GRADED_BITS if graded else 0
+    bits = (int(g.meta.get("input_bits", GRADED_BITS)) if fixed else GRADED_BITS) if graded else 0
     in_shape, out_shape = lava_shape(g[key].shape), lava_shape(pop.shape)
     conv = _plain_conv(g, pop, key, entry) if entry is not None else None
     if conv is not None:
