@@ -1,0 +1,68 @@
+"""Front ends: model files and modules -> BN-folded IR graphs.
+
+``load_model_graph`` picks the reader from the file's suffix: PyTorch (``.pt``, ``.pth``,
+``.ts``), NetX HDF5 (``.net``), or a saved IR graph (``.mtir``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mtdeploy.errors import InputError
+from mtdeploy.frontends.torch_frontend import import_torch, load_torch_model, parse_input_shape
+from mtdeploy.ir.graph import Graph
+from mtdeploy.passes.fold_bn import fold_batchnorm
+
+__all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",
+           "parse_input_shape", "TORCH_SUFFIXES"]
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ts")
+
+
+def load_model_graph(path, input_shape=None, trust_pickle: bool = False) -> Graph:
+    """Read a model file into IR and fold its batchnorms.
+
+    ``input_shape`` (one sample, no batch axis) is required for torch models, which do not
+    record it; for the other formats it is optional and, when given, must match the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TORCH_SUFFIXES:
+        if input_shape is None:
+            raise InputError(f"{path}: a PyTorch model needs --input-shape (one sample without "
+                             "the batch axis, e.g. 1,28,28)")
+        graph = import_torch(load_torch_model(path, trust_pickle), input_shape)
+    elif suffix == ".mtir":
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        graph = Graph.load(path)
+    elif suffix == ".net":
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        graph = _read_netx(path)
+    else:
+        raise InputError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
+                         f"expected {', '.join(TORCH_SUFFIXES)} (PyTorch), .net (NetX) or .mtir "
+                         "(mtdeploy IR)")
+    if input_shape is not None and suffix not in TORCH_SUFFIXES:
+        wanted = parse_input_shape(input_shape)
+        if tuple(graph.input.shape) != wanted:
+            raise InputError(f"{path}: the model's input shape is {tuple(graph.input.shape)}, "
+                             f"not {wanted}")
+    return fold_batchnorm(graph)
+
+
+def graph_from_module(model, input_shape) -> Graph:
+    """An in-memory ``nn.Module`` or TorchScript module -> BN-folded IR."""
+    if input_shape is None:
+        raise InputError("input_shape is required for a torch model (one sample without the "
+                         "batch axis, e.g. (1, 28, 28))")
+    return fold_batchnorm(import_torch(model, input_shape))
+
+
+def _read_netx(path: Path) -> Graph:
+    try:
+        from mtdeploy.targets.loihi2.netx_import import read_netx
+    except ImportError as exc:
+        raise InputError(f"{path}: reading NetX .net files is not available in this installation "
+                         f"({exc})") from None
+    return read_netx(path)
