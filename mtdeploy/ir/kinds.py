@@ -83,6 +83,28 @@ class NodeKind:
         raise NotImplementedError(f"{self.name} is not a population kind")
 
 
+    # ---- NetX HDF5 (mtdeploy.targets.loihi2.netx_export / netx_import) -------------------
+    #: the NetX layer type this kind is read from (netx_import looks kinds up by it)
+    netx_layer_type: ClassVar[str | None] = None
+    #: the NetX neuron types a population kind is read from
+    netx_neuron_types: ClassVar[tuple[str, ...]] = ()
+
+    def from_netx(self, fields: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """attrs and params from a NetX layer's normalised fields (netx_import)."""
+        raise InputError(f"{self.name} nodes are not read from NetX layers")
+
+    def to_netx(self, node: Node) -> dict | None:
+        """NetX synapse fields when a projection is this node alone (None: not a synapse)."""
+        return None
+
+    def netx_neuron(self, node: Node, drive: float, steps: int) -> tuple[dict, np.ndarray, bool]:
+        """(neuron group, integer bias, exact) standing for this population in stock NetX.
+
+        ``drive``: integer input units per step per unit spike rate on the incoming edge;
+        ``steps``: the window a stock run gives every layer (netx's ``reset_interval``).
+        """
+        raise InputError(f"{node.label()}: a {self.name} population has no NetX neuron")
+
 @register
 class InputKind(NodeKind):
     name = "input"
@@ -92,6 +114,11 @@ class InputKind(NodeKind):
     def infer_shape(self, node, in_shapes):
         return tuple(node.attrs["shape"])
 
+
+    netx_layer_type = "input"
+
+    def from_netx(self, fields):
+        return {"shape": [int(s) for s in fields["shape"]]}, {}
 
 @register
 class ConvKind(NodeKind):
@@ -134,6 +161,23 @@ class ConvKind(NodeKind):
         return F.conv2d(x, w, None, a["stride"], a["padding"], a["dilation"], a["groups"])
 
 
+    netx_layer_type = "conv"
+
+    def from_netx(self, fields):
+        w = np.asarray(fields["weight"], dtype=np.int64)
+        attrs = {"stride": list(fields["stride"]), "padding": list(fields["padding"]),
+                 "dilation": list(fields["dilation"]), "groups": int(fields["groups"]),
+                 "in_channels": int(w.shape[1] * fields["groups"]), "out_channels": int(w.shape[0]),
+                 "kernel": [int(w.shape[2]), int(w.shape[3])]}
+        return attrs, {"weight": w.astype(np.float32), "weight_int": w.astype(np.int32),
+                       "bias": np.zeros(w.shape[0], np.float32)}
+
+    def to_netx(self, node):
+        a = node.attrs
+        return {"type": "conv", "weight": np.asarray(node.params["weight_int"], np.int64),
+                "stride": list(a["stride"]), "padding": list(a["padding"]),
+                "dilation": list(a["dilation"]), "groups": int(a["groups"])}
+
 @register
 class LinearKind(NodeKind):
     name = "linear"
@@ -157,6 +201,17 @@ class LinearKind(NodeKind):
     def forward_int(self, node, x):
         return F.linear(x, torch.as_tensor(node.params["weight_int"], dtype=x.dtype))
 
+
+    netx_layer_type = "dense"
+
+    def from_netx(self, fields):
+        w = np.asarray(fields["weight"], dtype=np.int64)
+        return ({"in_features": int(w.shape[1]), "out_features": int(w.shape[0])},
+                {"weight": w.astype(np.float32), "weight_int": w.astype(np.int32),
+                 "bias": np.zeros(w.shape[0], np.float32)})
+
+    def to_netx(self, node):
+        return {"type": "dense", "weight": np.asarray(node.params["weight_int"], np.int64)}
 
 @register
 class BatchNormKind(NodeKind):
@@ -243,6 +298,11 @@ class FlattenKind(NodeKind):
         return x.flatten(1)
 
 
+    netx_layer_type = "flatten"
+
+    def from_netx(self, fields):
+        return {}, {}
+
 @register
 class AddKind(NodeKind):
     name = "add"
@@ -293,6 +353,11 @@ class QCFSKind(NodeKind):
         return dynamics.if_count_closed_form(node, current_int)
 
 
+    def netx_neuron(self, node, drive, steps):
+        from mtdeploy.targets.loihi2.netx_export import if_as_cuba
+
+        return if_as_cuba(node, drive, steps)
+
 @register
 class AlignKind(NodeKind):
     name = "align"
@@ -306,6 +371,16 @@ class AlignKind(NodeKind):
 
         return dynamics.align(node, x, fixed_point)
 
+
+    def rate_gain(self, node) -> float:
+        """Integer units per step that one unit of producer spike rate becomes (semantics §3):
+        avg-repeat delivers the whole count each step, TTM down-sampling a group's sum."""
+        a = node.attrs
+        if a["method"] == "avg-repeat":
+            return float(a["t_in"])
+        if a["method"] == "ttm" and a["t_in"] > a["t_out"]:
+            return a["t_in"] / a["t_out"]
+        return 1.0
 
 @register
 class ReadoutKind(NodeKind):
@@ -323,3 +398,40 @@ class ReadoutKind(NodeKind):
         from mtdeploy.sim import dynamics
 
         return dynamics.readout(node, current_int[None], True)[0]
+
+    def netx_neuron(self, node, drive, steps):
+        from mtdeploy.targets.loihi2.netx_export import readout_as_cuba
+
+        return readout_as_cuba(node, drive, steps)
+
+
+@register
+class CubaKind(NodeKind):
+    name = "cuba"
+    role = "activation"
+    netx_neuron_types = ("CUBA", "LOIHI")
+    description = ("a Loihi CUBA LIF population as NetX/Lava define it (read from NetX files): "
+                   "decays in 1/4096, reset to zero, spikes when v > vThMant; bit-exact with "
+                   "Lava's fixed_pt LIF")
+
+    def from_netx(self, fields):
+        n = fields["neuron"]
+        attrs = {"iDecay": int(n["iDecay"]), "vDecay": int(n["vDecay"]), "vThMant": int(n["vThMant"])}
+        bias = np.broadcast_to(np.asarray(fields.get("bias", 0), np.int64), fields["shape"]).copy()
+        # The bias enters the voltage, not the (possibly persistent) current, so it is kept
+        # apart from the bias_int the simulator adds to the current.
+        return attrs, {"bias_mant": bias, "bias_int": np.zeros(fields["shape"], np.int64)}
+
+    def simulate(self, node, current, fixed_point, ctx):
+        from mtdeploy.targets.loihi2.netx_import import cuba_lif
+
+        return cuba_lif(node, current)
+
+    def closed_form(self, node, current_int):
+        raise InputError(f"{node.label()}: a CUBA LIF population has no closed form; simulate it")
+
+    def netx_neuron(self, node, drive, steps):
+        a = node.attrs
+        return ({"type": "CUBA", "iDecay": a["iDecay"], "vDecay": a["vDecay"],
+                 "vThMant": a["vThMant"], "refDelay": 1, "gradedSpike": 0},
+                np.asarray(node.params["bias_mant"], np.int64), node.T == steps)

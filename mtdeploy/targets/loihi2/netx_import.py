@@ -1,0 +1,312 @@
+"""NetX HDF5 import: ``read_netx(path) -> Graph``, and the CUBA LIF dynamics such graphs carry.
+
+* A file mtdeploy wrote (``/mtdeploy`` extension present): the exact MT-SNN graph back, after
+  checking that the stock layers are still the ones the graph produces (a file edited after
+  writing would otherwise be simulated as something it no longer is).
+* Any other NetX file (lava-dl slayer's ``export_hdf5``: input/dense/conv/flatten layers with
+  CUBA neurons), or ``use_extension=False``: the network as stock netx runs it, as ``cuba``
+  populations (kinds.CubaKind) whose reference simulation is bit-exact with Lava's ``fixed_pt``
+  LIF, including netx's conversion of dense weights. Every layer runs ``steps`` steps from rest
+  (a stock run with ``reset_interval=steps, reset_offset=1``); the input is presented on every
+  step; the output is the last layer's spike rate, or its mean input current when that layer is
+  a non-spiking accumulator (as mtdeploy writes its readout).
+
+Unreadable, truncated or malformed files raise InputError with the reason, never a traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kinds import KINDS
+from mtdeploy.targets.loihi2.netx_schema import (ACT_SHIFT, DECAY_UNITY, NON_SPIKING_VTH,
+                                                 STATE_LIMIT, _scalar_int, _yx, extension_json,
+                                                 read_netx_layers, stock_dense_weights,
+                                                 validate_netx_layers)
+
+DEFAULT_STEPS = 16
+# What netx builds for a dense layer without a neuron group (hdf5.Network.create_dense).
+NETX_DEFAULT_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": 1 << 17}
+
+
+def read_netx(path, *, steps: int | None = None, use_extension: bool = True) -> Graph:
+    """A converted, quantized IR graph from a NetX ``.net`` file.
+
+    ``steps`` sets T of every layer when the stock layers are read (default: the file's
+    recommended ``reset_interval`` if mtdeploy wrote it, else 16); it does not apply to the
+    exact graph read from the extension.
+    """
+    layers, ext = read_netx_layers(path)
+    if ext is not None and use_extension:
+        return _graph_from_extension(path, layers, ext)
+    if steps is None:
+        steps = DEFAULT_STEPS
+        if ext is not None:
+            try:
+                steps = int(extension_json(ext, "stock", path)["reset_interval"])
+            except (InputError, KeyError, TypeError, ValueError):
+                pass
+    if int(steps) < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    try:
+        return _stock_graph(path, layers, int(steps))
+    except InputError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        # a layer the validator let through that still does not make sense as a network
+        raise InputError(f"{path}: cannot read the NetX layers as a network "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def stock_run_settings(path) -> dict:
+    """How to run an mtdeploy-written file in stock netx (its ``/mtdeploy/stock`` record)."""
+    _, ext = read_netx_layers(path)
+    if ext is None:
+        raise InputError(f"{path}: no /mtdeploy extension (not written by mtdeploy)")
+    return extension_json(ext, "stock", path)
+
+
+# ---- the exact graph ----------------------------------------------------------------------
+def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
+    from mtdeploy.ir.graph import IR_FORMAT
+    from mtdeploy.targets.loihi2.netx_export import EXTENSION_FORMAT, EXTENSION_VERSION, plan_netx
+
+    fmt = ext.get("format")
+    if fmt != EXTENSION_FORMAT:
+        raise InputError(f"{path}: /mtdeploy/format is {fmt!r}, not {EXTENSION_FORMAT!r}")
+    try:
+        version = int(np.asarray(ext.get("version")).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"{path}: /mtdeploy/version is missing or not an integer") from None
+    if version > EXTENSION_VERSION:
+        raise InputError(f"{path}: mtdeploy extension version {version} is newer than this "
+                         f"mtdeploy reads ({EXTENSION_VERSION}); upgrade mtdeploy")
+    doc = extension_json(ext, "graph", path)
+    params = ext.get("params", {})
+    try:
+        if doc.get("format") != IR_FORMAT:
+            raise InputError(f"{path}: /mtdeploy/graph is not an mtdeploy IR document")
+        g = Graph(doc["name"])
+        for i, nd in enumerate(doc["nodes"]):
+            stored = params.get(str(i), {})
+            node_params = {p: np.asarray(stored[p]) for p in nd["params"]}
+            g.add(Node(nd["name"], nd["kind"], list(nd["inputs"]), nd["attrs"], node_params,
+                       tuple(nd["shape"]), nd.get("origin", ""), nd.get("T")))
+        g.output = doc["output"]
+        g.meta = doc.get("meta", {})
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: the mtdeploy extension is incomplete or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+    g.validate()
+    try:
+        plan = plan_netx(g)
+    except Exception as exc:   # a graph that no longer plans cannot have produced these layers
+        raise InputError(f"{path}: the mtdeploy extension does not describe a NetX-exportable "
+                         f"network ({exc})") from None
+    mismatch = _first_difference(plan.layers, layers)
+    if mismatch:
+        raise InputError(f"{path}: the stock layers differ from what the mtdeploy extension "
+                         f"produces ({mismatch}); the file was edited after writing. Read the "
+                         "stock layers with read_netx(path, use_extension=False)")
+    return g
+
+
+def _first_difference(expected: list[dict], actual: list[dict]) -> str | None:
+    if len(expected) != len(actual):
+        return f"{len(actual)} layers, expected {len(expected)}"
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        where = _dict_difference(e, a)
+        if where:
+            return f"layer {i}: {where}"
+    return None
+
+
+def _dict_difference(e: dict, a) -> str | None:
+    if not isinstance(a, dict) or set(e) != set(a):
+        return f"keys {sorted(a) if isinstance(a, dict) else a} != {sorted(e)}"
+    for k in e:
+        if isinstance(e[k], dict):
+            sub = _dict_difference(e[k], a[k])
+            if sub:
+                return f"{k}/{sub}"
+        elif isinstance(e[k], str):
+            if e[k] != a[k]:
+                return f"{k}={a[k]!r}, expected {e[k]!r}"
+        elif not np.array_equal(np.asarray(e[k]), np.asarray(a[k])):
+            return f"{k} differs"
+    return None
+
+
+# ---- the stock view -------------------------------------------------------------------------
+def _kind_for_layer(type_: str, path):
+    for kind in KINDS.values():
+        if kind.netx_layer_type == type_:
+            return kind
+    raise InputError(f"{path}: NetX layer type {type_!r} is not supported by mtdeploy")
+
+
+def _kind_for_neuron(neuron: dict, where: str):
+    for kind in KINDS.values():
+        if neuron.get("type") in kind.netx_neuron_types:
+            return kind
+    raise InputError(f"{where}: neuron type {neuron.get('type')!r} is not supported by mtdeploy "
+                     "(it reads CUBA neurons)")
+
+
+def _is_accumulator(neuron: dict, bias: np.ndarray) -> bool:
+    """A layer that cannot spike within Lava's state range and whose v/64 is mtdeploy's readout
+    accumulator: non-leaky v of a non-persistent current, or netx's default neuron (persistent
+    current, v = u + bias) when it has no bias."""
+    if int(neuron["vThMant"]) < NON_SPIKING_VTH:
+        return False
+    plain = int(neuron["iDecay"]) == DECAY_UNITY and int(neuron["vDecay"]) == 0
+    netx_default = int(neuron["iDecay"]) == 0 and int(neuron["vDecay"]) == DECAY_UNITY \
+        and not np.any(bias)
+    return plain or netx_default
+
+
+def _bias_chw(layer: dict, out_shape: tuple[int, ...]) -> np.ndarray:
+    """netx's bias forms (scalar, per channel, per neuron in (x, y, z) order) as (C, H, W)."""
+    bias = np.asarray(layer.get("bias", 0)).astype(np.int64)
+    if len(out_shape) == 3 and bias.ndim == 3:
+        bias = bias.transpose(2, 1, 0)
+    elif len(out_shape) == 3 and bias.ndim == 1:
+        bias = bias[:, None, None]
+    elif bias.ndim:
+        bias = bias.reshape(-1)
+    return np.broadcast_to(bias, out_shape).copy()
+
+
+def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
+    problems = [f for f in validate_netx_layers(layers)
+                if f.severity == "error" and f.kind == "structure"]
+    if problems:
+        raise InputError(f"{path}: not a NetX network the stock loader builds:\n"
+                         + "\n".join(f"  - {f}" for f in problems))
+    blocks = [i for i, layer in enumerate(layers) if layer["type"] in ("dense", "dense_rec", "conv")]
+    for i, layer in enumerate(layers):
+        where = f"{path}: layer {i} ({layer['type']})"
+        if layer["type"] == "dense_rec":
+            raise InputError(f"{where}: recurrent layers are not supported by mtdeploy")
+        if layer["type"] == "input" and "neuron" in layer:
+            raise InputError(f"{where}: an input block with a neuron (netx drives it through its "
+                             "bias) is not supported; mtdeploy reads input layers without neuron")
+        if isinstance(layer.get("weight"), dict):
+            raise InputError(f"{where}: complex weights are not supported by mtdeploy")
+        if "delay" in layer:
+            raise InputError(f"{where}: synaptic delays are not supported by mtdeploy")
+    if layers[0]["type"] == "input":
+        in_shape = tuple(int(s) for s in np.asarray(layers[0]["shape"]).reshape(-1))
+    else:
+        w = np.asarray(layers[blocks[0]]["weight"])
+        in_shape = (int(w.reshape(w.shape[0], -1).shape[1]),)
+    g = Graph(Path(path).stem)
+    prev = g.add(Node("input", "input", [], {"shape": list(in_shape)}, shape=in_shape, T=1,
+                      origin="/layer/0" if layers[0]["type"] == "input" else "network input"))
+    prev = g.add(Node("align.input", "align", [prev.name],
+                      {"method": "avg-repeat", "t_in": 1, "t_out": steps}, shape=in_shape,
+                      T=steps, origin="the input, presented on every step"))
+    for i in blocks:
+        layer = layers[i]
+        type_ = layer["type"]
+        if type_ == "dense" and len(prev.shape) == 3:
+            prev = _add(g, Node(f"layer{i}.flatten", "flatten", [prev.name], T=steps,
+                                origin="netx flattens (x,y,z) as C,H,W"))
+        fields = _fields(layer, path, i)
+        kind = _kind_for_layer(type_, path)
+        attrs, params = kind.from_netx(fields)
+        lin = _add(g, Node(f"layer{i}", kind.name, [prev.name], attrs, params, T=steps,
+                           origin=f"/layer/{i}"))
+        neuron = {k: (v if k == "type" else _scalar_int(v))
+                  for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
+        bias = _bias_chw(layer, lin.shape)
+        if i == blocks[-1] and _is_accumulator(neuron, bias):
+            prev = _add(g, Node(f"layer{i}.readout", "readout", [lin.name], {"exp": 0},
+                                {"bias_int": bias}, T=steps, origin=f"/layer/{i}/neuron"))
+            continue
+        if i == blocks[-1] and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
+            raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
+                             "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
+        nkind = _kind_for_neuron(neuron, f"{path}: layer {i}")
+        attrs, params = nkind.from_netx({"neuron": neuron, "bias": bias, "shape": lin.shape})
+        prev = _add(g, Node(f"layer{i}.neuron", nkind.name, [lin.name], attrs, params, T=steps,
+                            origin=f"/layer/{i}/neuron"))
+    if prev.kind != "readout":
+        prev = _add(g, Node("readout", "readout", [prev.name], {"exp": 0},
+                            {"bias_int": np.zeros(prev.shape, np.int64)}, T=steps,
+                            origin="spike rate of the last layer"))
+    g.output = prev.name
+    g.meta.update({"converted": True, "quantized": True, "source": "netx", "netx_steps": steps,
+                   "alignment": "none", "neuron": "cuba", "v_init": 0.0, "seed": 0,
+                   "input_exp": 0, "input_bits": 8, "input_max": 127.0})
+    g.validate()
+    return g
+
+
+def _add(g: Graph, node: Node) -> Node:
+    g.add(node)
+    from mtdeploy.ir.kinds import kind_of
+
+    try:
+        node.shape = tuple(int(s) for s in kind_of(node).infer_shape(
+            node, [g[i].shape for i in node.inputs]))
+    except InputError as exc:
+        raise InputError(f"{node.origin}: {exc}") from None
+    return node
+
+
+def _fields(layer: dict, path, i: int) -> dict:
+    """A layer's synapse in mtdeploy's conventions: integer weights as the stock run applies
+    them, conv geometry as (y, x) lists."""
+    w = np.asarray(layer["weight"])
+    if layer["type"] == "dense":
+        n_out = int(np.prod(layer["shape"]))
+        w = w.astype(np.int64).reshape(n_out, -1)
+        try:
+            w = stock_dense_weights(w)
+        except ValueError as exc:
+            raise InputError(f"{path}: layer {i}: {exc}") from None
+        return {"weight": w}
+    w = w.astype(np.int64)
+    return {"weight": w.reshape(w.shape[:4]), "stride": _yx(layer["stride"]),
+            "padding": _yx(layer["padding"]), "dilation": _yx(layer["dilation"]),
+            "groups": int(np.asarray(layer["groups"]).reshape(-1)[0])}
+
+
+# ---- CUBA LIF dynamics (kinds.CubaKind.simulate) -----------------------------------------
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Lava's sign-magnitude decay: sign(x) * ((|x| * keep) >> 12)."""
+    return torch.sign(x) * torch.floor(x.abs() * keep / DECAY_UNITY)
+
+
+def cuba_lif(node: Node, current: torch.Tensor) -> torch.Tensor:
+    """Lava's fixed_pt LIF (PyLifModelBitAcc) from rest, in Lava's 2^6-scaled units.
+
+    u = decay(u, iDecay) + (a << 6), wrapping at 24 bits; v = decay(v, vDecay) + u +
+    (bias << 6), clipped to +-(2^23 - 1); spike when v > vThMant << 6, then v = 0.
+    ``current`` is the synaptic input a (T, N, ...); returns spikes (T, N, ...).
+    """
+    a = node.attrs
+    keep_u, keep_v = DECAY_UNITY - int(a["iDecay"]), DECAY_UNITY - int(a["vDecay"])
+    scale = float(2 ** ACT_SHIFT)
+    bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=current.dtype) * scale
+    vth = float(int(a["vThMant"]) << ACT_SHIFT)
+    wrap, limit = float(2 ** 23), float(STATE_LIMIT)
+    u = torch.zeros(current.shape[1:], dtype=current.dtype)
+    v = torch.zeros_like(u)
+    out = torch.empty_like(current)
+    for t in range(current.shape[0]):
+        u = _decay(u, keep_u) + current[t] * scale
+        u = torch.where(u > wrap, u - 2 * wrap, u)
+        u = torch.where(u <= -wrap, u + 2 * wrap, u)
+        v = (_decay(v, keep_v) + u + bias).clamp(-limit, limit)
+        s = v > vth
+        v = torch.where(s, torch.zeros_like(v), v)
+        out[t] = s.to(current.dtype)
+    return out
