@@ -184,8 +184,8 @@ def main(argv=None) -> list[dict]:
               f"{r['stock_netx_accuracy']:>9.4f} {str(r['readout_equal']):>6} {r['lava_seconds']:>7}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "netx_agreement", "model": str(model.relative_to(ROOT)),
-           "command": "benchmarks/bench_netx_agreement.py " + " ".join(
-               sys.argv[1:] if argv is None else argv),
+           "command": " ".join([".venv/bin/python benchmarks/bench_netx_agreement.py",
+                                *(sys.argv[1:] if argv is None else argv)]),
            "rows": rows}
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")
