@@ -12,7 +12,7 @@ from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 
-BUILD_GRAPH = "graph.mtir"
+BUILD_NETWORK = "network.net"   # NetX HDF5 + the /mtdeploy extension: the whole build
 
 
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
@@ -50,8 +50,22 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     graph = load_model(model, input_shape, trust_pickle)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
-    snn = convert(graph, options)
-    quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+    if graph.meta.get("converted"):
+        # A .net file (mtdeploy's or lava-dl's) already holds a converted, quantized network.
+        changed = [name for name, value in (("--timesteps", timesteps), ("--input-max", input_max))
+                   if value is not None]
+        changed += [name for name, value, default in (
+            ("--alignment", alignment, "avg-repeat"), ("--neuron", neuron, "if"),
+            ("--v-init", v_init, 0.5), ("--seed", seed, 0), ("--weight-bits", weight_bits, 8),
+            ("--input-bits", input_bits, 8)) if value != default]
+        if changed:
+            raise InputError(f"{', '.join(changed)}: the model is already converted and quantized "
+                             "(a .net file); these options apply to PyTorch models only")
+        snn = graph
+    else:
+        snn = convert(graph, options)
+    if not snn.meta.get("quantized"):
+        quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
     sched = schedule(snn, hop_delay=hop_delay)
     check = _check(snn, target)
     if check is not None and not check.fits:
@@ -59,6 +73,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     from mtdeploy.report import build_report, report_markdown
 
     report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
+    report["lava"] = _lava_description(snn)
     build = Build(Path(out_dir) if write else None, snn, sched, report, check)
     if write:
         _write_build(build)
@@ -70,6 +85,15 @@ def _check(graph: Graph, target: str):
     from mtdeploy.targets.profiles import load_profile
 
     return check(graph, load_profile(target))
+
+
+def _lava_description(graph: Graph) -> dict:
+    """The Lava process graph this build lowers to (processes per kind, per layer)."""
+    try:
+        from mtdeploy.targets.loihi2.lava import lower_to_lava
+    except ImportError as exc:   # Lava is optional for compiling: say why the section is missing
+        return {"available": False, "reason": f"Lava is not installed ({exc})"}
+    return {"available": True, **lower_to_lava(graph, fixed_point=True).describe()}
 
 
 def _findings_text(check, target) -> str:
@@ -85,8 +109,13 @@ def _write_build(build: Build) -> None:
     from mtdeploy.io import atomic_dir, write_json, write_text
     from mtdeploy.report import report_markdown
 
+    from mtdeploy.targets.loihi2.netx_export import write_netx
+
     with atomic_dir(build.out_dir) as tmp:
-        build.graph.save(tmp / BUILD_GRAPH)
+        notes = write_netx(build.graph, tmp / BUILD_NETWORK, require_stock=False)
+        stock = {"loadable": not any(f.severity == "error" for f in notes),
+                 "findings": [str(f) for f in notes]}
+        build.report["netx"] = stock
         write_json(tmp / "schedule.json", build.schedule)
         write_json(tmp / "report.json", build.report)
         write_text(tmp / "report.md", report_markdown(build.report))
@@ -98,10 +127,12 @@ def load_build(build_dir) -> Graph:
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise InputError(f"{build_dir}: not a build directory (run 'mtdeploy compile' first)")
-    path = build_dir / BUILD_GRAPH
+    path = build_dir / BUILD_NETWORK
     if not path.is_file():
-        raise InputError(f"{build_dir}: no {BUILD_GRAPH}; is this a build directory?")
-    return Graph.load(path)
+        raise InputError(f"{build_dir}: no {BUILD_NETWORK}; is this a build directory?")
+    from mtdeploy.targets.loihi2.netx_import import read_netx
+
+    return read_netx(path)
 
 
 def simulate_build(build_dir_or_graph, x: np.ndarray, backend: str = "reference",

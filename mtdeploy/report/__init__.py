@@ -55,7 +55,27 @@ def report_markdown(report: dict) -> str:
     budget = report.get("budget")
     if budget and budget.get("markdown"):
         lines += ["", "## Hardware budget", "", budget["markdown"]]
+    netx = report.get("netx")
+    if netx:
+        lines += ["", "## NetX export (network.net)", ""]
+        if netx["loadable"]:
+            lines.append("Stock `lava.lib.dl.netx` loads the `/layer` groups (see docs/netx.md for "
+                         "when its run is exact); the `/mtdeploy` extension holds the full MT-SNN.")
+        else:
+            lines.append("Stock NetX cannot express this network; `network.net` holds only the "
+                         "`/mtdeploy` extension, which mtdeploy's Lava processes run:")
+        lines += [f"- {f}" for f in netx["findings"]]
     lava = report.get("lava")
-    if lava:
-        lines += ["", "## Lava process graph", "", "```", str(lava), "```"]
+    if lava and lava.get("available"):
+        kinds = ", ".join(f"{k} x{v}" for k, v in lava["processes_by_kind"].items())
+        lines += ["", "## Lava process graph", "",
+                  f"{lava['process_count']} processes ({kinds}); {lava['steps_per_sample']} "
+                  f"steps per sample, {lava['hop_delay']} step per synapse hop.", "",
+                  "| layer | T | window | processes |", "|---|---|---|---|"]
+        for layer in lava["layers"]:
+            procs = ", ".join(f"{k} x{v}" for k, v in layer["processes"].items())
+            lines.append(f"| {layer['name']} | {layer.get('T', '-')} | {layer.get('window', '-')} "
+                         f"| {procs} |")
+    elif lava:
+        lines += ["", "## Lava process graph", "", f"not built: {lava['reason']}"]
     return "\n".join(lines) + "\n"

@@ -352,20 +352,34 @@ def _text(group, key: str, obj) -> None:
                          dtype=h5py.string_dtype("utf-8"))
 
 
-def write_netx(graph: Graph, path) -> list[Finding]:
+def write_netx(graph: Graph, path, require_stock: bool = True) -> list[Finding]:
     """Write ``graph`` as a NetX file stock lava-dl loads, with the MT-SNN in ``/mtdeploy``.
 
     Validates first: raises DoesNotFitError (every finding, each naming its layer) and writes
-    nothing when stock netx would fail or change a value. Returns the warnings. The file
-    appears whole or not at all.
+    nothing when stock netx would fail or change a value. With ``require_stock=False`` such a
+    network (a residual add, TPP neurons, values outside netx's ranges) is written with an
+    empty ``/layer`` group instead: the ``/mtdeploy`` extension still holds the full MT-SNN,
+    which mtdeploy's own Lava processes run, and ``/mtdeploy/stock`` records why stock netx
+    cannot. Returns the warnings (and, then, those findings). The file appears whole or not
+    at all.
     """
     import h5py
 
-    plan = plan_netx(graph)
-    findings = validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
-    if errors(findings):
-        raise DoesNotFitError(_message("the NetX file would not load as intended",
-                                       errors(findings)), errors(findings))
+    try:
+        plan = plan_netx(graph)
+        findings = validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
+        blocking = errors(findings)
+    except DoesNotFitError as exc:
+        plan, findings, blocking = None, list(exc.findings), list(exc.findings)
+    if blocking and require_stock:
+        raise DoesNotFitError(_message("the NetX file would not load as intended", blocking),
+                              blocking)
+    if blocking:
+        stock = {"loadable": False, "findings": [str(f) for f in blocking]}
+        layers: list[dict] = []
+    else:
+        stock = {**plan.run, "loadable": True, "warnings": [str(w) for w in findings]}
+        layers = plan.layers
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -373,13 +387,13 @@ def write_netx(graph: Graph, path) -> list[Finding]:
     try:
         with h5py.File(tmp, "w") as f:
             group = f.create_group("layer")
-            for i, layer in enumerate(plan.layers):
+            for i, layer in enumerate(layers):
                 _put(group, str(i), layer)
             ext = f.create_group("mtdeploy")
             _put(ext, "format", EXTENSION_FORMAT)
             ext.create_dataset("version", data=EXTENSION_VERSION)
             _text(ext, "graph", graph.to_json())
-            _text(ext, "stock", {**plan.run, "warnings": [str(w) for w in findings]})
+            _text(ext, "stock", stock)
             params = ext.create_group("params")
             for i, node in enumerate(graph):
                 if node.params:

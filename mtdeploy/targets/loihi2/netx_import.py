@@ -104,6 +104,12 @@ def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
         raise InputError(f"{path}: the mtdeploy extension is incomplete or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
     g.validate()
+    stock = extension_json(ext, "stock", path) if "stock" in ext else {}
+    if isinstance(stock, dict) and stock.get("loadable") is False:
+        if layers:
+            raise InputError(f"{path}: stock layers were added to a file whose network has no "
+                             "stock NetX form")
+        return g
     try:
         plan = plan_netx(g)
     except Exception as exc:   # a graph that no longer plans cannot have produced these layers
