@@ -77,10 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("targets", help="list the hardware profiles and their sources")
 
     se = sub.add_parser("search", help="per-layer timestep search under a budget")
-    se.add_argument("model")
-    se.add_argument("--data")
-    se.add_argument("--budget")
-    se.add_argument("-o", "--output")
+    se.add_argument("model", help=model_help)
+    se.add_argument("--data", required=True, help="labelled samples (.npz with x, y); split into "
+                    "calibration and validation unless --val is given")
+    se.add_argument("--val", help="separate validation data (.npz with x, y)")
+    se.add_argument("--val-fraction", type=float, default=0.3,
+                    help="share of --data held out for validation (default 0.3, stratified)")
+    se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "
+                    "cores=N; default: the most accurate configuration")
+    se.add_argument("--input-shape", type=_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    se.add_argument("-o", "--output", required=True,
+                    help="the searched model as TorchScript .pt (ready for 'mtdeploy compile')")
+    se.add_argument("--front", help="Pareto front JSON (default: OUTPUT with .front.json)")
+    se.add_argument("--plot", help="Pareto front plot (.png)")
+    se.add_argument("--seed", type=int, default=0, help="seed of the split and fine-tuning (0)")
+    se.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    se.add_argument("--epochs", type=int, default=5,
+                    help="threshold fine-tuning epochs per candidate (default 5; 0: none)")
+    se.add_argument("--finetune-weights", action="store_true",
+                    help="fine-tune the weights too (thresholds only by default)")
+    se.add_argument("--target", default="loihi2", help="profile for core counts (cores= budget)")
+    se.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is "
+                    "fastest for small models on a busy machine)")
+    se.add_argument("--trust-pickle", action="store_true")
     return p
 
 
@@ -145,7 +164,30 @@ def _cmd_targets(a) -> int:
 
 
 def _cmd_search(a) -> int:
-    raise NotBuiltYetError("'mtdeploy search' (per-layer timestep search) is not implemented yet")
+    from mtdeploy.search.files import search_files
+    from mtdeploy.search.front import front_table
+
+    result = search_files(a.model, a.data, a.output, val=a.val, budget=a.budget,
+                          input_shape=a.input_shape, front=a.front, plot=a.plot, seed=a.seed,
+                          device=a.device, epochs=a.epochs, finetune_weights=a.finetune_weights,
+                          val_fraction=a.val_fraction, target=a.target,
+                          trust_pickle=a.trust_pickle, threads=a.threads,
+                          progress=sys.stderr.isatty())
+    c = result.chosen
+    given = result.input_model
+    print(f"searched {len(result.candidates)} fine-tuned configurations "
+          f"({result.settings['configurations_measured']} measured) under "
+          f"{result.budget or 'no budget'}")
+    print(f"  input model: levels {list(given['levels'].values())}, "
+          f"validation accuracy {100 * given['val_acc']:.2f}%")
+    print(f"  chosen: levels {list(c.levels.values())}, mean T {c.costs['mean_T']:.2f}, "
+          f"sum T {c.costs['sum_T']}, SynOps/sample {c.costs['synops']:.1f}, "
+          f"validation accuracy {100 * c.val_acc:.2f}%")
+    print(front_table(result, result.budget.metric if result.budget and
+                      result.budget.metric in ("mean_T", "sum_T", "max_T", "synops") else "mean_T"))
+    print(f"  model -> {a.output}; front -> {a.front or Path(a.output).with_suffix('.front.json')}"
+          + (f"; plot -> {a.plot}" if a.plot else ""))
+    return 0
 
 
 COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "simulate": _cmd_simulate,
