@@ -39,8 +39,9 @@ def write_text(path, text: str) -> None:
 
 
 def save_npy(path, array: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array, allow_pickle=False)
+    # np.save appends ".npy" to a path without it: hand it an open file instead.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def _json_default(o):
