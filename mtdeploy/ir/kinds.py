@@ -57,6 +57,27 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(a, dtype=torch.float32)
 
 
+def dims3(shape) -> tuple[int, int, int]:
+    """A shape as (C, H, W) for the budget model; a vector (N,) is (N, 1, 1)."""
+    shape = tuple(int(s) for s in shape)
+    return shape if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+
+
+def _window(lo, hi, k, s, p, d, n):
+    """Input interval [lo', hi') read by output positions [lo, hi) of a sliding window."""
+    new_lo = np.clip(lo * s - p, 0, n)
+    new_hi = np.clip((hi - 1) * s - p + d * (k - 1) + 1, 0, n)
+    return new_lo, np.maximum(new_hi, new_lo)
+
+
+def _row_gain(w) -> float | None:
+    """Largest row sum of |w| over an output-first weight array (None: not quantized)."""
+    if w is None:
+        return None
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    return float(w.reshape(w.shape[0], -1).sum(1).max(initial=0.0))
+
+
 class NodeKind:
     name: ClassVar[str]
     role: ClassVar[str] = "linear"        # source | linear | activation | timing
@@ -82,6 +103,24 @@ class NodeKind:
         """Population dynamics over time-major current (T, N, ...) -> output (T_out, N, ...)."""
         raise NotImplementedError(f"{self.name} is not a population kind")
 
+    # ---- budget model (mtdeploy.targets.resources) ---------------------------------------
+    #: one kernel per output channel serves every position, so a core stores it once
+    #: (conv, pooling, element-wise ops); False for dense matrices
+    shift_invariant: ClassVar[bool] = True
+
+    def input_box(self, node: Node, in_shapes: list[tuple[int, ...]], index: int, box):
+        """Bounding boxes of input ``index`` read by boxes of this node's output.
+
+        ``box`` holds one ``(key, lo, hi)`` per output dim (C, H, W; a vector is (N, 1, 1)):
+        element i of ``lo``/``hi`` bounds this dim for index i along dim ``key`` of the consuming
+        population. Returns the same structure over the input. Default: element-wise.
+        """
+        return box
+
+    def int_gain(self, node: Node, index: int = 0) -> float | None:
+        """Largest sum of |integer weights| one output draws from input ``index`` (the row
+        infinity-norm): bounds an accumulator's range. None where not known (unquantized)."""
+        return 1.0
 
     # ---- NetX HDF5 (mtdeploy.targets.loihi2.netx_export / netx_import) -------------------
     #: the NetX layer type this kind is read from (netx_import looks kinds up by it)
@@ -160,6 +199,19 @@ class ConvKind(NodeKind):
         w = torch.as_tensor(node.params["weight_int"], dtype=x.dtype)
         return F.conv2d(x, w, None, a["stride"], a["padding"], a["dilation"], a["groups"])
 
+    def input_box(self, node, in_shapes, index, box):
+        # Bounding boxes: a dilated kernel's holes are counted as read (an over-estimate).
+        a = node.attrs
+        c_in, h_in, w_in = dims3(in_shapes[index])
+        per_out, per_in = a["out_channels"] // a["groups"], c_in // a["groups"]
+        (kc, c_lo, c_hi), (kh, h_lo, h_hi), (kw, w_lo, w_hi) = box
+        channels = (c_lo // per_out * per_in, np.maximum((c_hi - 1) // per_out + 1, c_lo // per_out) * per_in)
+        rows = _window(h_lo, h_hi, a["kernel"][0], a["stride"][0], a["padding"][0], a["dilation"][0], h_in)
+        cols = _window(w_lo, w_hi, a["kernel"][1], a["stride"][1], a["padding"][1], a["dilation"][1], w_in)
+        return ((kc, *channels), (kh, *rows), (kw, *cols))
+
+    def int_gain(self, node, index=0):
+        return _row_gain(node.params.get("weight_int"))
 
     netx_layer_type = "conv"
 
@@ -182,6 +234,7 @@ class ConvKind(NodeKind):
 class LinearKind(NodeKind):
     name = "linear"
     weighted = True
+    shift_invariant = False       # a dense matrix: no kernel to share
     torch_types = (nn.Linear,)
     description = "fully connected layer"
 
@@ -201,6 +254,30 @@ class LinearKind(NodeKind):
     def forward_int(self, node, x):
         return F.linear(x, torch.as_tensor(node.params["weight_int"], dtype=x.dtype))
 
+    def input_box(self, node, in_shapes, index, box):
+        # Columns with a non-zero weight, as a monotone envelope (suffix-min of each row's first
+        # non-zero column, prefix-max of its last) so that ranges of rows map to ranges.
+        w = node.params.get("weight_int", node.params.get("weight"))
+        n_in = node.attrs["in_features"]
+        (k, lo, hi) = box[0]
+        if w is None or np.all(w != 0):
+            first = np.zeros(node.attrs["out_features"], np.int64)
+            last = np.full(node.attrs["out_features"], n_in, np.int64)
+        else:
+            nz = np.asarray(w) != 0
+            has = nz.any(1)
+            first = np.where(has, nz.argmax(1), n_in)
+            last = np.where(has, n_in - nz[:, ::-1].argmax(1), 0)
+            first = np.minimum.accumulate(first[::-1])[::-1]
+            last = np.maximum.accumulate(last)
+        top = node.attrs["out_features"] - 1
+        lo, safe = np.minimum(lo, top), np.minimum(np.maximum(hi - 1, lo), top)
+        cols_lo, cols_hi = first[lo], np.where(hi > lo, last[safe], first[lo])
+        zero, one = np.zeros_like(lo), np.ones_like(lo)
+        return ((k, cols_lo, np.maximum(cols_hi, cols_lo)), (k, zero, one), (k, zero, one))
+
+    def int_gain(self, node, index=0):
+        return _row_gain(node.params.get("weight_int"))
 
     netx_layer_type = "dense"
 
@@ -279,6 +356,17 @@ class AvgPoolKind(NodeKind):
         return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], count_include_pad=True,
                             divisor_override=1)
 
+    def input_box(self, node, in_shapes, index, box):
+        a = node.attrs
+        _, h_in, w_in = dims3(in_shapes[index])
+        (kc, c_lo, c_hi), (kh, h_lo, h_hi), (kw, w_lo, w_hi) = box
+        rows = _window(h_lo, h_hi, a["kernel"][0], a["stride"][0], a["padding"][0], 1, h_in)
+        cols = _window(w_lo, w_hi, a["kernel"][1], a["stride"][1], a["padding"][1], 1, w_in)
+        return ((kc, c_lo, c_hi), (kh, *rows), (kw, *cols))
+
+    def int_gain(self, node, index=0):
+        return float(node.attrs["kernel"][0] * node.attrs["kernel"][1])   # a sum pool
+
 
 @register
 class FlattenKind(NodeKind):
@@ -297,6 +385,19 @@ class FlattenKind(NodeKind):
     def forward(self, node, x):
         return x.flatten(1)
 
+    def input_box(self, node, in_shapes, index, box):
+        # A range [a, b) of CHW-flattened indices -> its bounding (C, H, W) box.
+        c, h, w = dims3(in_shapes[index])
+        k, a, b = box[0]
+        empty = b <= a
+        last = np.maximum(b - 1, a)
+        c_lo, c_hi = a // (h * w), last // (h * w) + 1
+        one_c = c_hi - c_lo == 1
+        h_lo = np.where(one_c, (a % (h * w)) // w, 0)
+        h_hi = np.where(one_c, (last % (h * w)) // w + 1, h)
+        one_row = one_c & (h_hi - h_lo == 1)
+        w_lo, w_hi = np.where(one_row, a % w, 0), np.where(one_row, last % w + 1, w)
+        return ((k, c_lo, np.where(empty, c_lo, c_hi)), (k, h_lo, h_hi), (k, w_lo, w_hi))
 
     netx_layer_type = "flatten"
 

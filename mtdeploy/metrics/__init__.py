@@ -1,0 +1,1 @@
+"""Activity, energy and latency measures of a deployed network."""

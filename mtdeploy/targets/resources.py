@@ -1,0 +1,435 @@
+"""The budget model: what each population and each projection costs on a neuro-core.
+
+A *population* is a spiking layer (``qcfs``), the readout, or the input (fed by the host, so it
+takes no core). A *projection* is everything between a producer population and a consumer: the
+linear nodes of the consumer's tree and any align node. One ``Edge`` per (producer, consumer)
+describes its connectivity as bounding boxes: for every consumer neuron, which box of producer
+neurons it reads. Boxes come from the node kinds (``NodeKind.input_box``), composed along the
+tree, so the model is exact for conv/pool/linear connectivity (dilated kernels are bounded by
+their extent) and never loops over synapses: a VGG-16 is costed in milliseconds.
+
+Costs per core (a *tile*: a block of channels x rows x columns of one population):
+  neurons; state bits (each neuron plus one accumulator per aligned edge: an align node is an
+  accumulator per target neuron, stored on the target's core); synaptic memory, the cheapest of
+  the encodings the profile allows (dense matrix, sparse index+weight, or shared kernels stored
+  once per core); fan-in axons (distinct producer neurons read); fan-out axons (neuron x
+  destination core pairs, known once the consumers are tiled: see partition.py).
+
+Works on a converted graph (align nodes, ``T`` set) and on a plain imported graph, which is
+costed as the default conversion would build it: each qcfs a population with T = levels, the
+output node a readout, an avg-repeat accumulator on every edge.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kinds import dims3, kind_of
+
+Box = tuple  # ((key, lo, hi), (key, lo, hi), (key, lo, hi)): one per producer dim, see input_box
+
+#: resources a core has, in the order of the usage vectors (partition.py packs on these)
+RESOURCES = ("neurons", "state_bits", "synaptic_bits", "fan_in", "fan_out")
+
+
+@dataclass
+class Edge:
+    """The synapses from one producer population into a consumer population."""
+
+    producer: str
+    keys: tuple[int, int, int]               # consumer dim indexing lo[d], hi[d]
+    lo: tuple[np.ndarray, np.ndarray, np.ndarray]   # per producer dim (C, H, W)
+    hi: tuple[np.ndarray, np.ndarray, np.ndarray]
+    aligned: bool          # through an accumulator (align node) on the consumer's core
+    t_in: int              # producer steps the accumulator integrates
+    shared: bool           # every op on the path is shift-invariant: kernels storable once
+    density: float         # non-zero fraction of the weighted op's weights (1: none)
+    weight_bits: int | None    # bits its integer weights need (None: not quantized)
+    gain: float | None     # bound on sum |w| per consumer neuron (None: not quantized)
+    weighted: list[str] = field(default_factory=list)   # labels of weighted ops on the paths
+    delay: int = 0
+
+    def lengths(self) -> list[np.ndarray]:
+        return [np.maximum(h - l, 0) for l, h in zip(self.lo, self.hi)]
+
+    def per_dim_factors(self, shape: tuple[int, int, int]) -> list[np.ndarray]:
+        """f[k][i] = product of the box lengths keyed by consumer dim k at index i, so that a
+        neuron's fan-in is f[0][c] * f[1][h] * f[2][w] and sums factorise over a tile."""
+        f = [np.ones(n, np.float64) for n in shape]
+        for d, length in enumerate(self.lengths()):
+            f[self.keys[d]] = f[self.keys[d]] * length
+        return f
+
+    def synapses(self, shape) -> int:
+        return int(round(math.prod(float(x.sum()) for x in self.per_dim_factors(shape))))
+
+    def max_fan_in(self, shape) -> int:
+        """Largest number of producer neurons one consumer neuron reads (= one channel's kernel)."""
+        return int(math.prod(float(x.max(initial=0)) for x in self.per_dim_factors(shape)))
+
+
+@dataclass
+class Population:
+    name: str
+    label: str
+    shape: tuple[int, int, int]
+    T: int
+    window: int            # steps it runs (TPP: 2T)
+    on_chip: bool          # False: the input, injected by the host
+    edges: list[Edge] = field(default_factory=list)
+    node: Node | None = None
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def accumulators(self) -> int:
+        """Alignment accumulators per neuron: one per aligned incoming edge."""
+        return sum(e.aligned for e in self.edges)
+
+    def synapses(self) -> int:
+        return sum(e.synapses(self.shape) for e in self.edges)
+
+
+@dataclass
+class Network:
+    name: str
+    populations: dict[str, Population]      # topological order
+    readout: str
+    converted: bool
+    meta: dict
+
+    def consumers(self, name: str) -> list[tuple[Population, Edge]]:
+        return [(p, e) for p in self.populations.values() for e in p.edges if e.producer == name]
+
+    def spikes_per_neuron(self, spike_counts: dict[str, float] | None) -> dict[str, float]:
+        """Mean spikes per neuron per sample: measured counts where given (population -> mean
+        spikes per sample), else the bound T (every neuron fires every step; the input is
+        presented once)."""
+        counts = spike_counts or {}
+        unknown = sorted(set(counts) - set(self.populations))
+        if unknown:
+            raise InputError(f"spike counts name unknown populations {unknown}; "
+                             f"known: {list(self.populations)}")
+        return {n: (float(counts[n]) / p.size if n in counts else float(p.T))
+                for n, p in self.populations.items()}
+
+
+def _identity_box(shape: tuple[int, int, int]) -> Box:
+    return tuple((d, np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64))
+                 for d, n in enumerate(shape))
+
+
+def _box_synapses(box: Box, shape: tuple[int, int, int]) -> float:
+    f = [np.ones(n, np.float64) for n in shape]
+    for key, lo, hi in box:
+        f[key] = f[key] * np.maximum(hi - lo, 0)
+    return math.prod(float(x.sum()) for x in f)
+
+
+def _weight_facts(graph: Graph, node: Node) -> tuple[float, int | None]:
+    """(non-zero fraction of the synapses the op's boxes span, bits of its integer weights).
+
+    A shift-invariant op's kernel density applies at every position; a matrix's non-zeros are
+    counted against the boxes its rows span (so structure already in the boxes is not counted
+    twice)."""
+    w = node.params.get("weight_int")
+    if w is None:
+        w = node.params.get("weight")
+        bits = None
+    else:
+        peak = int(np.abs(np.asarray(w)).max(initial=0))
+        bits = peak.bit_length() + 1
+    if w is None or not w.size:
+        return 1.0, bits
+    nnz = float(np.count_nonzero(w))
+    kind = kind_of(node)
+    if kind.shift_invariant:
+        return nnz / w.size, bits
+    shape = dims3(node.shape)
+    spanned = _box_synapses(kind.input_box(node, [graph[i].shape for i in node.inputs], 0,
+                                           _identity_box(shape)), shape)
+    return min(1.0, nnz / spanned) if spanned else 1.0, bits
+
+
+def _node_delay(node: Node) -> int:
+    values = [node.attrs.get("delay", 0)]
+    if "delay" in node.params:
+        values.append(np.max(node.params["delay"]))
+    return int(max(np.max(v) for v in values))
+
+
+def _population_nodes(graph: Graph) -> list[Node]:
+    return [n for n in graph if kind_of(n).role in ("activation", "source")]
+
+
+def extract(graph: Graph) -> Network:
+    """The populations and edges of ``graph`` (converted or plain imported)."""
+    if any(not n.shape for n in graph):
+        graph = graph.copy()
+        graph.infer_shapes()
+    converted = bool(graph.meta.get("converted")) or any(kind_of(n).role == "timing" for n in graph)
+    pops: dict[str, Population] = {}
+    out = graph[graph.output]
+    virtual_readout = kind_of(out).role == "linear"   # imported graph: the last linear op
+    for node in _population_nodes(graph) + ([out] if virtual_readout else []):
+        source = kind_of(node).role == "source"
+        if node.T is not None:
+            T = int(node.T)
+        elif source:
+            T = 1
+        else:
+            T = int(node.attrs.get("levels", 0)) or None   # readout: set from producers below
+        pop = Population(node.name, node.label() if not (virtual_readout and node is out)
+                         else f"{node.label()} [readout]", dims3(node.shape), T or 0, 0,
+                         not source, node=node)
+        pops[node.name] = pop
+        if not source:
+            roots = [(node, None)] if (virtual_readout and node is out) else \
+                    [(graph[i], None) for i in node.inputs]
+            for root, _ in roots:
+                _walk(graph, pops, pop, root, _identity_box(pop.shape), _PathState(), converted)
+    for pop in pops.values():
+        if pop.on_chip and not pop.T:
+            pop.T = max(pops[e.producer].T for e in pop.edges)
+        for e in pop.edges:
+            if not converted or not e.t_in:
+                e.t_in = pops[e.producer].T
+        tpp = pop.node is not None and pop.node.attrs.get("neuron") == "tpp"
+        pop.window = pop.T * (2 if tpp else 1)
+    return Network(graph.name, pops, out.name, converted, dict(graph.meta))
+
+
+@dataclass
+class _PathState:
+    aligned: bool = False
+    t_in: int = 0
+    shared: bool = True
+    gain: float | None = 1.0
+    weighted: tuple[str, ...] = ()
+    density: float = 1.0
+    weight_bits: int | None = None
+    delay: int = 0
+
+
+def _walk(graph: Graph, pops, pop: Population, node: Node, box: Box, st: _PathState,
+          converted: bool) -> None:
+    """Follow ``pop``'s tree from ``node`` (whose output box is ``box``) back to producers."""
+    kind = kind_of(node)
+    if kind.role in ("activation", "source") and node.name != pop.name:
+        _record(pops, pop, node.name, box, st, converted)
+        return
+    if kind.role == "timing":
+        st = _PathState(**{**st.__dict__, "aligned": True, "t_in": int(node.attrs.get("t_in", 0))})
+        _walk(graph, pops, pop, graph[node.inputs[0]], box, st, converted)
+        return
+    in_shapes = [graph[i].shape for i in node.inputs]
+    density, bits = _weight_facts(graph, node) if kind.weighted else (1.0, None)
+    gains = node.attrs.get("input_gain_int")
+    for idx, src in enumerate(node.inputs):
+        g = kind.int_gain(node, idx)
+        gain = None if st.gain is None or g is None else st.gain * g * abs(gains[idx] if gains else 1)
+        nxt = _PathState(st.aligned, st.t_in, st.shared and kind.shift_invariant, gain,
+                         st.weighted + ((node.label(),) if kind.weighted else ()),
+                         min(st.density, density),
+                         max(filter(None, (st.weight_bits, bits)), default=None),
+                         max(st.delay, _node_delay(node)))
+        _walk(graph, pops, pop, graph[src], kind.input_box(node, in_shapes, idx, box), nxt, converted)
+
+
+def _record(pops, pop: Population, producer: str, box: Box, st: _PathState, converted: bool) -> None:
+    keys = tuple(k for k, _, _ in box)
+    lo = tuple(np.asarray(l, np.int64) for _, l, _ in box)
+    hi = tuple(np.asarray(h, np.int64) for _, _, h in box)
+    aligned = st.aligned or not converted     # unconverted: the default avg-repeat aligns every edge
+    for e in pop.edges:
+        if e.producer == producer and e.keys == keys:   # a second path from the same producer
+            e.lo = tuple(np.minimum(a, b) for a, b in zip(e.lo, lo))
+            e.hi = tuple(np.maximum(a, b) for a, b in zip(e.hi, hi))
+            e.aligned |= aligned
+            e.shared &= st.shared
+            e.gain = None if e.gain is None or st.gain is None else e.gain + st.gain
+            e.weighted = sorted(set(e.weighted) | set(st.weighted))
+            e.density = max(e.density, st.density)
+            e.weight_bits = max(filter(None, (e.weight_bits, st.weight_bits)), default=None)
+            e.delay = max(e.delay, st.delay)
+            return
+    pop.edges.append(Edge(producer, keys, lo, hi, aligned, st.t_in, st.shared, st.density,
+                          st.weight_bits, st.gain, list(st.weighted), st.delay))
+
+
+# ---- per-tile costs ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tiling:
+    """Even blocks along each population dim: ``bounds[d]`` holds n_d + 1 increasing indices."""
+
+    bounds: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @classmethod
+    def even(cls, shape, counts) -> "Tiling":
+        return cls(tuple((np.arange(k + 1, dtype=np.int64) * n) // k for n, k in zip(shape, counts)))
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return tuple(len(b) - 1 for b in self.bounds)
+
+    @property
+    def n_tiles(self) -> int:
+        return math.prod(self.counts)
+
+    def boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_tiles, 3) lo and hi of each tile, C-order over (channel, row, column) blocks."""
+        grids = np.meshgrid(*[np.arange(k) for k in self.counts], indexing="ij")
+        lo = np.stack([self.bounds[d][g.ravel()] for d, g in enumerate(grids)], 1)
+        hi = np.stack([self.bounds[d][g.ravel() + 1] for d, g in enumerate(grids)], 1)
+        return lo, hi
+
+
+def _along(values: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1, 1, 1]
+    shape[axis] = len(values)
+    return values.reshape(shape)
+
+
+def receptive(edge: Edge, tiling: Tiling) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per producer dim d: lo/hi of the producer box each consumer tile reads, as arrays over
+    the blocks of consumer dim ``edge.keys[d]``."""
+    rlo, rhi = [], []
+    for d in range(3):
+        starts = tiling.bounds[edge.keys[d]][:-1]
+        rlo.append(np.minimum.reduceat(edge.lo[d], starts))
+        rhi.append(np.maximum.reduceat(edge.hi[d], starts))
+    return rlo, rhi
+
+
+def receptive_boxes(edge: Edge, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
+    """(n_tiles, 3) producer-space boxes read by each consumer tile (C-order tiles)."""
+    rlo, rhi = receptive(edge, tiling)
+    grids = np.meshgrid(*[np.arange(k) for k in tiling.counts], indexing="ij")
+    lo = np.stack([rlo[d][grids[edge.keys[d]].ravel()] for d in range(3)], 1)
+    hi = np.stack([rhi[d][grids[edge.keys[d]].ravel()] for d in range(3)], 1)
+    return lo, np.maximum(hi, lo)
+
+
+def _dim_overlap(bounds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(n_blocks, n_boxes) overlap lengths of blocks [b_i, b_i+1) with boxes [lo_j, hi_j)."""
+    a = np.maximum(bounds[:-1, None], lo[None, :])
+    b = np.minimum(bounds[1:, None], hi[None, :])
+    return np.maximum(b - a, 0).astype(np.float64)
+
+
+def overlap(tiling: Tiling, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(n_tiles, n_boxes): producer neurons of each tile inside each box (C-order tiles)."""
+    ov = [_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]) for d in range(3)]
+    return np.einsum("aj,bj,cj->abcj", *ov).reshape(tiling.n_tiles, len(lo))
+
+
+def unique_boxes(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct boxes (consumer tiles split by channel often read the same producer box):
+    (lo, hi, multiplicity, index of each input box among the distinct ones)."""
+    if not len(lo):
+        return lo, hi, np.zeros(0), np.zeros(0, np.int64)
+    rows, inverse, counts = np.unique(np.concatenate([lo, hi], 1), axis=0, return_inverse=True,
+                                      return_counts=True)
+    return rows[:, :3], rows[:, 3:], counts.astype(np.float64), inverse.ravel()
+
+
+def fan_out(tiling: Tiling, lo: np.ndarray, hi: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(counts) grid: neuron x destination pairs of each tile towards boxes of consumer tiles
+    (``weight``: how many consumer tiles read each box)."""
+    if not len(lo):
+        return np.zeros(tiling.counts)
+    ov = [_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]) for d in range(3)]
+    w = np.ones(len(lo)) if weight is None else weight
+    na, nb, nc = tiling.counts
+    # sum_j ov0[a,j] ov1[b,j] ov2[c,j] w[j] as one matrix product (BLAS, not einsum's loops)
+    rest = (ov[1][:, None, :] * ov[2][None, :, :]).reshape(nb * nc, -1)
+    return ((ov[0] * w) @ rest.T).reshape(na, nb, nc)
+
+
+@dataclass
+class TileCost:
+    """Per-tile costs as (counts) grids, plus which encoding each edge uses."""
+
+    neurons: np.ndarray
+    state_bits: np.ndarray
+    synaptic_bits: np.ndarray
+    fan_in: np.ndarray
+    synapses: np.ndarray
+    synops: np.ndarray
+    encodings: list[str]
+    reads: list[np.ndarray]      # per edge: producer neurons each tile reads (its fan-in share)
+    edge_synapses: list[np.ndarray]   # per edge: synapses of each tile
+
+
+def weight_bits(edge: Edge, net: Network, profile) -> int:
+    return edge.weight_bits or int(net.meta.get("weight_bits") or profile.max_weight_bits)
+
+
+def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
+              spikes: dict[str, float]) -> TileCost:
+    """Costs of every tile of ``pop`` under ``tiling`` (vectorised over tiles)."""
+    sizes = [np.diff(b).astype(np.float64) for b in tiling.bounds]
+    neurons = _along(sizes[0], 0) * _along(sizes[1], 1) * _along(sizes[2], 2)
+    per_neuron = profile.neuron_state_bits + pop.accumulators * profile.accumulator_bits
+    state = neurons * per_neuron
+    syn_bits = np.zeros(tiling.counts)
+    fan_in = np.zeros(tiling.counts)
+    synapses = np.zeros(tiling.counts)
+    synops = np.zeros(tiling.counts)
+    encodings, per_edge, per_edge_syn = [], [], []
+    for edge in pop.edges:
+        rlo, rhi = receptive(edge, tiling)
+        reads = np.ones(tiling.counts)
+        for d in range(3):
+            reads = reads * _along(np.maximum(rhi[d] - rlo[d], 0).astype(np.float64), edge.keys[d])
+        syn = np.ones(tiling.counts)
+        for k, f in enumerate(edge.per_dim_factors(pop.shape)):
+            syn = syn * _along(np.add.reduceat(f, tiling.bounds[k][:-1]), k)
+        wb = weight_bits(edge, net, profile)
+        options = {"dense": neurons * reads * wb,
+                   "sparse": syn * edge.density * (wb + profile.sparse_index_bits)}
+        if edge.shared and profile.shared_weights:
+            options["shared"] = _along(sizes[0], 0) * edge.max_fan_in(pop.shape) * wb * np.ones(tiling.counts)
+        names = list(options)
+        stacked = np.stack([options[n] for n in names])
+        best = stacked.argmin(0)
+        syn_bits += np.take_along_axis(stacked, best[None], 0)[0]
+        encodings.append(names[int(np.bincount(best.ravel(), minlength=len(names)).argmax())])
+        fan_in += reads
+        per_edge.append(reads)
+        per_edge_syn.append(syn)
+        synapses += syn
+        synops += syn * spikes[edge.producer]
+    return TileCost(neurons, state, syn_bits, fan_in, synapses, synops, encodings, per_edge,
+                    per_edge_syn)
+
+
+def single_neuron_cost(pop: Population, net: Network, profile) -> dict[str, float]:
+    """What the cheapest possible tile, one neuron, needs: a layer whose neuron exceeds a core
+    limit cannot be split to fit (the partitioner reports it and relaxes that limit)."""
+    syn = 0.0
+    fan_in = 0.0
+    for edge in pop.edges:
+        f = edge.max_fan_in(pop.shape)
+        wb = weight_bits(edge, net, profile)
+        options = [f * wb, f * edge.density * (wb + profile.sparse_index_bits)]
+        if edge.shared and profile.shared_weights:
+            options.append(f * wb)
+        syn += min(options)
+        fan_in += f
+    return {"neurons": 1.0,
+            "state_bits": float(profile.neuron_state_bits + pop.accumulators * profile.accumulator_bits),
+            "synaptic_bits": syn, "fan_in": fan_in}
+
+
+def limits(profile) -> np.ndarray:
+    """Per-core capacity in the order of RESOURCES."""
+    return np.array([profile.neurons_per_core, profile.state_memory_bytes * 8,
+                     profile.synaptic_memory_bytes * 8, profile.fan_in_axons,
+                     profile.fan_out_axons], dtype=np.float64)
