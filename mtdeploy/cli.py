@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="TPP seed (default: the build's)")
     s.add_argument("-o", "--output", help="write the outputs (N, classes) to this .npy")
 
+    la = sub.add_parser("ladder", help="layer by layer: QCFS ANN -> float SNN -> fixed-point "
+                        "SNN -> Lava; names the first layer that diverges")
+    la.add_argument("build", help="a build directory written by 'mtdeploy compile'")
+    la.add_argument("--input", required=True, help="X.npy or a labelled .npz (a few samples: "
+                    "Lava's CPU simulator is slow)")
+    la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
+
     sub.add_parser("targets", help="list the hardware profiles and their sources")
 
     se = sub.add_parser("search", help="per-layer timestep search under a budget")
@@ -155,6 +162,35 @@ def _cmd_simulate(a) -> int:
     return 0
 
 
+def _cmd_ladder(a) -> int:
+    from mtdeploy.api import load_build
+    from mtdeploy.io import load_samples
+    from mtdeploy.targets.loihi2.lava import first_divergence, format_ladder, ladder
+
+    x, _ = load_samples(a.input)
+    graph = load_build(a.build)
+    rows = ladder(graph, x[: a.samples])
+    print(format_ladder(rows))
+    n = min(len(x), a.samples)
+    # ANN -> float SNN and fixed-point SNN -> Lava must agree exactly (avg-repeat); float ->
+    # fixed differs by the quantization error, which is information, not a fault.
+    exact_ann = graph.meta.get("alignment") == "avg-repeat" and graph.meta.get("neuron") == "if"
+    pairs = ("ann-float", "fixed-lava") if exact_ann else ("fixed-lava",)
+    if not exact_ann:
+        print("(ttm/none alignment or TPP neurons approximate the ANN: ann-float is information)")
+    broken = [(pair, first_divergence(rows, pair)) for pair in pairs]
+    broken = [(pair, row) for pair, row in broken if row is not None]
+    quant = first_divergence(rows, "float-fixed")
+    if quant is not None:
+        print(f"float -> fixed point: quantization first changes spikes at layer {quant['layer']}")
+    if not broken:
+        print(f"ANN = float SNN and fixed-point SNN = Lava on every layer ({n} samples)")
+        return 0
+    for pair, row in broken:
+        print(f"first divergence {pair}: layer {row['layer']}")
+    return 1
+
+
 def _cmd_targets(a) -> int:
     from mtdeploy.targets.profiles import list_profiles
 
@@ -191,6 +227,7 @@ def _cmd_search(a) -> int:
 
 
 COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "simulate": _cmd_simulate,
+            "ladder": _cmd_ladder,
             "targets": _cmd_targets, "search": _cmd_search}
 
 

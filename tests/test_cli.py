@@ -133,3 +133,12 @@ def test_simulate_lava_backend_equals_reference_fixed_point(capsys, cnn_files):
                            backend, "--fixed-point", "-o", tmp / f"{backend}.npy")
         assert code == 0, err
     assert np.array_equal(np.load(tmp / "reference.npy"), np.load(tmp / "lava.npy"))
+
+
+@pytest.mark.lava
+def test_ladder_command_reports_exact_pairs(capsys, cnn_files):
+    model, _, tmp = cnn_files
+    assert run(capsys, "compile", model, "--input-shape", "1,8,8", "-o", tmp / "b")[0] == 0
+    code, out, err = run(capsys, "ladder", tmp / "b", "--input", tmp / "x.npy", "-n", "3")
+    assert code == 0, err
+    assert "ANN = float SNN and fixed-point SNN = Lava on every layer (3 samples)" in out
