@@ -117,3 +117,35 @@ def save_artifacts(model: nn.Module, data: DigitsSplit, out_dir: Path, prefix: s
     np.savez(paths["calib"], x=data.x_train[pick].astype(np.float32),
              y=data.y_train[pick].astype(np.int64))
     return paths
+
+
+def run_example(argv, *, description: str, default_out: Path, build_model, n_levels: int,
+                default_levels: str, levels_help: str, label: str = "digits") -> dict:
+    """The shared command line of the training scripts: parse, train, report, save.
+
+    Returns the test accuracy, training time, levels and written paths.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out-dir", type=Path, default=default_out,
+                        help="where to write model.pt and the .npz files "
+                             "(default: next to this script)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads (default 2; use 1 on a busy machine)")
+    parser.add_argument("--levels", default=default_levels,
+                        help=f"QCFS levels: {levels_help} (default {default_levels})")
+    args = parser.parse_args(argv)
+    levels = parse_levels(args.levels, n_levels)
+    seed_everything(args.seed, args.threads)
+    data = load_digits_split()
+    model = build_model(levels)
+    print(f"{label}: {len(data.x_train)} train / {len(data.x_test)} test samples, levels {levels}")
+    seconds = train(model, data, args.epochs, args.seed)
+    acc = accuracy(model, data.x_test, data.y_test)
+    paths = save_artifacts(model, data, args.out_dir, prefix="digits", seed=args.seed)
+    print(f"ANN test accuracy {acc:.4f} after {args.epochs} epochs ({seconds:.1f} s)")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return {"accuracy": acc, "train_seconds": seconds, "levels": levels, **paths}

@@ -7,7 +7,6 @@ own number of time steps: the network is a mixed-timestep SNN once converted.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -49,36 +48,12 @@ def build_model(levels: list[int], threshold: float = 2.0) -> nn.Module:
     )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=HERE,
-                        help="where to write model.pt and the .npz files "
-                             "(default: next to this script)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads (default 2; use 1 on a busy machine)")
-    parser.add_argument("--levels", default=DEFAULT_LEVELS,
-                        help="QCFS levels of the four activation layers "
-                             f"(default {DEFAULT_LEVELS})")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
     """Train, report, save; returns the test accuracy, training time and written paths."""
-    args = parse_args(argv)
-    common = _load_common()
-    levels = common.parse_levels(args.levels, 4)
-    common.seed_everything(args.seed, args.threads)
-    data = common.load_digits_split()
-    model = build_model(levels)
-    print(f"digits: {len(data.x_train)} train / {len(data.x_test)} test samples, levels {levels}")
-    seconds = common.train(model, data, args.epochs, args.seed)
-    acc = common.accuracy(model, data.x_test, data.y_test)
-    paths = common.save_artifacts(model, data, args.out_dir, prefix="digits", seed=args.seed)
-    print(f"ANN test accuracy {acc:.4f} after {args.epochs} epochs ({seconds:.1f} s)")
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return {"accuracy": acc, "train_seconds": seconds, "levels": levels, **paths}
+    return _load_common().run_example(
+        argv, description=__doc__.splitlines()[0], default_out=HERE, build_model=build_model,
+        n_levels=4, default_levels=DEFAULT_LEVELS,
+        levels_help="the four activation layers", label="digits")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ stride-2 conv (with BN) on the skip path. Every QCFS layer has its own levels (m
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -71,37 +70,12 @@ class ResidualNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=HERE,
-                        help="where to write model.pt and the .npz files "
-                             "(default: next to this script)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads (default 2; use 1 on a busy machine)")
-    parser.add_argument("--levels", default=DEFAULT_LEVELS,
-                        help="QCFS levels: stem, block1 mid, block1 out, block2 mid, block2 out "
-                             f"(default {DEFAULT_LEVELS})")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
     """Train, report, save; returns the test accuracy, training time and written paths."""
-    args = parse_args(argv)
-    common = _load_common()
-    levels = common.parse_levels(args.levels, 5)
-    common.seed_everything(args.seed, args.threads)
-    data = common.load_digits_split()
-    model = ResidualNet(levels)
-    print(f"digits (residual): {len(data.x_train)} train / {len(data.x_test)} test samples, "
-          f"levels {levels}")
-    seconds = common.train(model, data, args.epochs, args.seed)
-    acc = common.accuracy(model, data.x_test, data.y_test)
-    paths = common.save_artifacts(model, data, args.out_dir, prefix="digits", seed=args.seed)
-    print(f"ANN test accuracy {acc:.4f} after {args.epochs} epochs ({seconds:.1f} s)")
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return {"accuracy": acc, "train_seconds": seconds, "levels": levels, **paths}
+    return _load_common().run_example(
+        argv, description=__doc__.splitlines()[0], default_out=HERE, build_model=ResidualNet,
+        n_levels=5, default_levels=DEFAULT_LEVELS,
+        levels_help="stem, block1 mid, block1 out, block2 mid, block2 out", label="digits (residual)")
 
 
 if __name__ == "__main__":
