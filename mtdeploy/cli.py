@@ -245,6 +245,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mtdeploy: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # e.g. `mtdeploy targets | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in mtdeploy, not the user's fault: say so plainly
         if os.environ.get("MTDEPLOY_DEBUG"):
             raise
