@@ -1,6 +1,7 @@
 """``mtdeploy`` command line: parses, calls :mod:`mtdeploy.api`, prints, maps errors to exit codes.
 
-Exit codes: 0 ok, 2 bad input, 3 does not fit the target, 4 not implemented yet, 130 interrupted.
+Exit codes: 0 ok, 1 internal error (or `ladder` found a divergence), 2 bad input, 3 does not fit
+the target, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mtdeploy import __version__
-from mtdeploy.errors import MtdeployError, NotBuiltYetError
+from mtdeploy.errors import MtdeployError
 
 
 def _shape(text: str) -> tuple[int, ...]:

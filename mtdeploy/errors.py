@@ -1,4 +1,4 @@
-"""Error types that the CLI maps to exit codes (2: bad input, 3: does not fit, 4: not built yet)."""
+"""Error types that the CLI maps to exit codes (2: bad input, 3: does not fit the target)."""
 from __future__ import annotations
 
 
@@ -32,9 +32,3 @@ class DoesNotFitError(MtdeployError):
     def __init__(self, message: str, findings=()):
         self.findings = list(findings)
         super().__init__(message)
-
-
-class NotBuiltYetError(MtdeployError):
-    """A verb or option whose implementation has not landed yet."""
-
-    exit_code = 4
