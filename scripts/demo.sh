@@ -19,4 +19,6 @@ echo "== reference simulation, float (equals the QCFS ANN exactly)"
 "$mt" simulate build/digits --input "$ex/digits_test.npz"
 echo "== reference simulation, fixed point (Loihi's integer arithmetic)"
 "$mt" simulate build/digits --input "$ex/digits_test.npz" --fixed-point -o build/digits/outputs_fixed.npy
+echo "== Lava CPU simulator (Loihi2SimCfg) on 8 samples, layer by layer against the reference"
+"$mt" ladder build/digits --input "$ex/digits_test.npz" -n 8
 echo "== done: build/digits/report.md describes the build"
