@@ -171,12 +171,12 @@ def _cmd_ladder(a) -> int:
     x, _ = load_samples(a.input)
     graph = load_build(a.build)
     rows = ladder(graph, x[: a.samples])
-    print(format_ladder(rows))
     n = min(len(x), a.samples)
     # ANN -> float SNN and fixed-point SNN -> Lava must agree exactly (avg-repeat); float ->
     # fixed differs by the quantization error, which is information, not a fault.
     exact_ann = graph.meta.get("alignment") == "avg-repeat" and graph.meta.get("neuron") == "if"
     pairs = ("ann-float", "fixed-lava") if exact_ann else ("fixed-lava",)
+    print(format_ladder(rows, pairs))
     if not exact_ann:
         print("(ttm/none alignment or TPP neurons approximate the ANN: ann-float is information)")
     broken = [(pair, first_divergence(rows, pair)) for pair in pairs]

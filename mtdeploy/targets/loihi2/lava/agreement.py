@@ -79,14 +79,20 @@ def first_divergence(rows: list[dict], pair: str | None = None) -> dict | None:
     return None
 
 
-def format_ladder(rows: list[dict]) -> str:
-    """A plain-text table of the ladder (agreement fractions), the first divergence marked."""
+def format_ladder(rows: list[dict], pairs: tuple[str, ...] | None = None) -> str:
+    """A plain-text table of the ladder (agreement fractions), the first divergence marked.
+
+    ``pairs`` limits the mark to those pairs (e.g. the ones that must agree exactly).
+    """
+    first = first_divergence(rows) if pairs is None else next(
+        (d for d in (first_divergence(rows, p) for p in pairs) if d is not None), None)
+    first_layer = first["layer"] if first else None
     head = f"{'layer':<20} {'kind':<8} {'T':>3} {'n':>6}  " + "  ".join(
         f"{a + '-' + b:>11}" for a, b in PAIRS)
     lines = [head]
     for r in rows:
         cells = "  ".join(f"{r['agreement'][a + '-' + b]:>11.4f}" for a, b in PAIRS)
-        mark = "  <- first divergence" if r["first"] else ""
+        mark = "  <- first divergence" if r["layer"] == first_layer else ""
         lines.append(f"{r['layer']:<20} {r['kind']:<8} {r['T']:>3} {r['neurons']:>6}  "
                      f"{cells}{mark}")
     return "\n".join(lines)
