@@ -283,30 +283,18 @@ def test_mutated_stock_layers_read_as_a_graph_or_an_input_error(good_file, tmp_p
     assert outcomes == {"error", "graph"}
 
 
-def test_network_without_stock_form_is_written_extension_only_and_reads_back():
+def test_network_without_stock_form_is_written_extension_only_and_reads_back(tmp_path):
     """compile writes every build's network.net: a residual net (no stock NetX form) keeps the
     full MT-SNN in /mtdeploy, with an empty /layer group and the reasons recorded."""
-    import numpy as np
-
-    from mtdeploy.passes import convert, quantize
-    from mtdeploy.sim.reference import simulate
-    from mtdeploy.targets.loihi2.netx_export import write_netx
-    from mtdeploy.targets.loihi2.netx_import import read_netx, stock_run_settings
-    from mtdeploy.testing import random_residual
-    import pytest
-    from mtdeploy.errors import DoesNotFitError
-    import tempfile, pathlib
-
     rng = np.random.default_rng(5)
     g = quantize(convert(random_residual(rng, levels=[2, 4, 8])))
-    with tempfile.TemporaryDirectory() as d:
-        path = pathlib.Path(d) / "network.net"
-        with pytest.raises(DoesNotFitError, match="residual|chain|reads from"):
-            write_netx(g, path)
-        assert not path.exists()
-        findings = write_netx(g, path, require_stock=False)
-        assert findings and stock_run_settings(path)["loadable"] is False
-        back = read_netx(path)
-        x = rng.uniform(0, 1, (16, *g.input.shape))
-        assert np.array_equal(simulate(back, x, mode="fixed").output,
-                              simulate(g, x, mode="fixed").output)
+    path = tmp_path / "network.net"
+    with pytest.raises(DoesNotFitError, match="residual|chain|reads from"):
+        write_netx(g, path)
+    assert not path.exists()
+    findings = write_netx(g, path, require_stock=False)
+    assert findings and stock_run_settings(path)["loadable"] is False
+    back = read_netx(path)
+    x = rng.uniform(0, 1, (16, *g.input.shape))
+    assert np.array_equal(simulate(back, x, mode="fixed").output,
+                          simulate(g, x, mode="fixed").output)
