@@ -209,7 +209,8 @@ def test_ladder_agrees_on_every_layer(qcfs_residual):
     assert first_divergence(rows, "fixed-lava") is None
     # avg-repeat, T = levels: the float SNN is the QCFS ANN
     assert all(r["agreement"]["ann-float"] == 1.0 for r in rows)
-    assert "readout" in format_ladder(rows)
+    text = format_ladder(rows)
+    assert "readout" in text and "argmax agreement: ann-float 1.0000" in text
 
 
 def test_ladder_names_the_first_layer_lava_breaks(qcfs_mlp, monkeypatch):

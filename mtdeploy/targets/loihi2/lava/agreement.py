@@ -95,4 +95,13 @@ def format_ladder(rows: list[dict], pairs: tuple[str, ...] | None = None) -> str
         mark = "  <- first divergence" if r["layer"] == first_layer else ""
         lines.append(f"{r['layer']:<20} {r['kind']:<8} {r['T']:>3} {r['neurons']:>6}  "
                      f"{cells}{mark}")
+    lines.append("(fraction of equal values: firing rates of spiking layers, output values of the "
+                 "readout)")
+    for r in rows:
+        # Float and fixed-point outputs are never equal to the bit, so the readout's value
+        # agreement says little there; its prediction agreement and error are what matter.
+        if "argmax_agreement" in r:
+            pairs_text = ", ".join(f"{k} {v:.4f} (max |diff| {r['max_abs_diff'][k]:.3g})"
+                                   for k, v in r["argmax_agreement"].items())
+            lines.append(f"{r['layer']} argmax agreement: {pairs_text}")
     return "\n".join(lines)
