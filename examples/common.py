@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtdeploy.nn import save_traced
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 CALIB_SAMPLES = 256
@@ -108,9 +110,7 @@ def save_artifacts(model: nn.Module, data: DigitsSplit, out_dir: Path, prefix: s
     model.eval()
     paths = {"model": out_dir / "model.pt", "test": out_dir / f"{prefix}_test.npz",
              "calib": out_dir / f"{prefix}_calib.npz"}
-    with torch.no_grad():
-        traced = torch.jit.trace(model, torch.from_numpy(data.x_test[:1]))
-    traced.save(str(paths["model"]))
+    save_traced(model, torch.from_numpy(data.x_test[:1]), paths["model"])
     np.savez(paths["test"], x=data.x_test.astype(np.float32), y=data.y_test.astype(np.int64))
     pick = np.random.default_rng(seed).choice(len(data.x_train), CALIB_SAMPLES, replace=False)
     pick.sort()

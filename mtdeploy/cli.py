@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="convert, check and build a model for a target")
     c.add_argument("model", help=model_help)
     c.add_argument("--target", default="loihi2", help="profile name (see 'mtdeploy targets') or YAML path")
-    c.add_argument("--input-shape", type=_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    c.add_argument("--input-shape", type=_shape,
+                   help="one sample's shape without batch, e.g. 1,8,8 (not needed for models saved "
+                   "with mtdeploy.nn.save_traced, which record it)")
     c.add_argument("-o", "--output", default="build", help="build directory (default: build/)")
     c.add_argument("--timesteps", help="T for all layers (int), or per layer as JSON / a JSON file; "
                    "default: each layer's QCFS levels")
@@ -62,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="hardware budget findings only")
     k.add_argument("model", help=model_help)
     k.add_argument("--target", default="loihi2")
-    k.add_argument("--input-shape", type=_shape)
+    k.add_argument("--input-shape", type=_shape,
+                   help="one sample's shape without batch, e.g. 1,8,8 (not needed for models saved "
+                   "with mtdeploy.nn.save_traced, which record it)")
     k.add_argument("--timesteps")
     k.add_argument("--json", action="store_true", help="findings as JSON on stdout")
     k.add_argument("--trust-pickle", action="store_true")
@@ -93,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of --data held out for validation (default 0.3, stratified)")
     se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "
                     "cores=N; default: the most accurate configuration")
-    se.add_argument("--input-shape", type=_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    se.add_argument("--input-shape", type=_shape,
+                    help="one sample's shape without batch, e.g. 1,8,8 (not needed for models saved "
+                    "with mtdeploy.nn.save_traced, which record it)")
     se.add_argument("-o", "--output", required=True,
                     help="the searched model as TorchScript .pt (ready for 'mtdeploy compile')")
     se.add_argument("--front", help="Pareto front JSON (default: OUTPUT with .front.json)")

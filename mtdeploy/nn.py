@@ -42,3 +42,32 @@ class QCFS(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+
+
+# TorchScript archives carry this extra file so that `mtdeploy compile model.pt` needs no
+# --input-shape: a traced model does not otherwise record the shape of its input.
+MODEL_META_FILE = "mtdeploy.json"
+
+
+def save_traced(model: nn.Module, example_input: torch.Tensor, path,
+                check_trace: bool = True) -> None:
+    """Trace ``model`` on ``example_input`` (a batch) and save it as TorchScript for mtdeploy.
+
+    TorchScript, not ``torch.save``: loading it runs no Python code from the file. The input
+    shape (one sample, no batch axis) goes into the archive's ``mtdeploy.json``, so compile
+    finds it; the file is written atomically (temp file, then rename).
+    """
+    import json
+
+    from mtdeploy.io import atomic_path
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example_input, check_trace=check_trace)
+    finally:
+        model.train(was_training)
+    meta = {"format": 1, "input_shape": [int(d) for d in example_input.shape[1:]]}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={MODEL_META_FILE: json.dumps(meta)})

@@ -9,12 +9,13 @@ bash scripts/setup.sh
 py=.venv/bin/python
 mt=.venv/bin/mtdeploy
 ex=build/example-digits
-if [[ ! -f "$ex/model.pt" ]]; then
+# Retrain when the training code is newer than the saved model (or there is none).
+if [[ ! -f "$ex/model.pt" || examples/common.py -nt "$ex/model.pt" || examples/digits/train.py -nt "$ex/model.pt" ]]; then
     echo "== training the digits example (QCFS CNN, mixed levels) -> $ex/model.pt"
     "$py" examples/digits/train.py --out-dir "$ex"
 fi
 echo "== mtdeploy compile $ex/model.pt --target loihi2"
-"$mt" compile "$ex/model.pt" --target loihi2 --input-shape 1,8,8 -o build/digits
+"$mt" compile "$ex/model.pt" --target loihi2 -o build/digits
 echo "== reference simulation, float (equals the QCFS ANN exactly)"
 "$mt" simulate build/digits --input "$ex/digits_test.npz"
 echo "== reference simulation, fixed point (Loihi's integer arithmetic)"

@@ -142,3 +142,38 @@ def test_ladder_command_reports_exact_pairs(capsys, cnn_files):
     code, out, err = run(capsys, "ladder", tmp / "b", "--input", tmp / "x.npy", "-n", "3")
     assert code == 0, err
     assert "ANN = float SNN and fixed-point SNN = Lava on every layer (3 samples)" in out
+
+
+def test_compile_needs_no_input_shape_for_a_model_saved_with_save_traced(capsys, tmp_path, qcfs_cnn):
+    """The product's main command, as written: `mtdeploy compile model.pt --target loihi2`."""
+    from mtdeploy.nn import save_traced
+    from mtdeploy.frontends import stored_input_shape
+
+    model = tmp_path / "model.pt"
+    save_traced(qcfs_cnn.model, qcfs_cnn.batch(2), model)
+    assert stored_input_shape(model) == (1, 8, 8)
+    code, out, err = run(capsys, "compile", model, "--target", "loihi2", "-o", tmp_path / "b")
+    assert code == 0, err
+    graph = load_model_graph(model)
+    assert tuple(graph.input.shape) == (1, 8, 8)
+    x = qcfs_cnn.batch(4, seed=3).numpy().astype(np.float64)
+    np.testing.assert_allclose(ann_forward(graph, x).numpy(),
+                               qcfs_cnn.model(torch.as_tensor(x, dtype=torch.float32))
+                               .detach().numpy(), atol=1e-5)
+
+
+def test_a_plain_trace_without_input_shape_says_how_to_give_it(capsys, cnn_files):
+    model, _, tmp = cnn_files
+    code, _, err = run(capsys, "compile", model, "--target", "loihi2", "-o", tmp / "b")
+    assert code == 2 and err.startswith("mtdeploy: error:") and "--input-shape" in err
+    assert "save_traced" in err and not (tmp / "b").exists()
+
+
+def test_a_bad_recorded_input_shape_is_an_input_error(capsys, tmp_path, qcfs_cnn):
+    traced = torch.jit.trace(qcfs_cnn.model, qcfs_cnn.batch(2))
+    model = tmp_path / "model.pt"
+    torch.jit.save(traced, str(model), _extra_files={"mtdeploy.json": '{"input_shape": [1, -8]}'})
+    code, _, err = run(capsys, "compile", model, "-o", tmp_path / "b")
+    assert code == 2 and "input_shape" in err and "--input-shape" in err
+    # a shape given on the command line is used as is
+    assert run(capsys, "compile", model, "--input-shape", "1,8,8", "-o", tmp_path / "b")[0] == 0

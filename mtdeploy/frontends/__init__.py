@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtdeploy.errors import InputError
-from mtdeploy.frontends.torch_frontend import import_torch, load_torch_model, parse_input_shape
+from mtdeploy.frontends.torch_frontend import (import_torch, load_torch_model, parse_input_shape,
+                                               stored_input_shape)
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes.fold_bn import fold_batchnorm
 
 __all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",
-           "parse_input_shape", "TORCH_SUFFIXES"]
+           "parse_input_shape", "stored_input_shape", "TORCH_SUFFIXES"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ts")
 
@@ -21,15 +22,19 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ts")
 def load_model_graph(path, input_shape=None, trust_pickle: bool = False) -> Graph:
     """Read a model file into IR and fold its batchnorms.
 
-    ``input_shape`` (one sample, no batch axis) is required for torch models, which do not
-    record it; for the other formats it is optional and, when given, must match the file.
+    ``input_shape`` (one sample, no batch axis) is required for torch models unless they were
+    saved with :func:`mtdeploy.nn.save_traced`, which records it (a given shape wins); for the
+    other formats it is optional and, when given, must match the file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
-        if input_shape is None:
+        if input_shape is None and path.is_file():
+            input_shape = stored_input_shape(path)
+        if input_shape is None and path.is_file():
             raise InputError(f"{path}: a PyTorch model needs --input-shape (one sample without "
-                             "the batch axis, e.g. 1,28,28)")
+                             "the batch axis, e.g. 1,28,28); models saved with "
+                             "mtdeploy.nn.save_traced record it")
         graph = import_torch(load_torch_model(path, trust_pickle), input_shape)
     elif suffix == ".mtir":
         if not path.is_file():

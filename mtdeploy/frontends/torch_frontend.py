@@ -18,6 +18,7 @@ path and a hint, and all of them are reported at once as an ``UnsupportedOpsErro
 from __future__ import annotations
 
 import enum
+import json
 import pickle
 import re
 import zipfile
@@ -127,6 +128,27 @@ def load_torch_model(path, trust_pickle: bool = False) -> nn.Module:
         raise InputError(f"{path}: not a PyTorch model file, or corrupt "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
     raise InputError(_no_architecture_message(path, obj))
+
+
+def stored_input_shape(path) -> tuple[int, ...] | None:
+    """The input shape recorded by :func:`mtdeploy.nn.save_traced` in a TorchScript archive's
+    ``mtdeploy.json``, or None (another file, or a model saved some other way). Read straight
+    from the zip, so nothing in the file runs."""
+    from mtdeploy.nn import MODEL_META_FILE
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith(f"/extra/{MODEL_META_FILE}")]
+            if not names:
+                return None
+            meta = json.loads(zf.read(names[0]))
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    shape = meta.get("input_shape") if isinstance(meta, dict) else None
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise InputError(f"{path}: {MODEL_META_FILE} holds no valid input_shape ({shape!r}); "
+                         "pass --input-shape")
+    return tuple(shape)
 
 
 def _is_torchscript_archive(path: Path) -> bool:

@@ -223,21 +223,10 @@ class GraphModule(nn.Module):
         device = param.device if param is not None else torch.device("cpu")
         return torch.zeros((batch, *self.graph.input.shape), dtype=dtype, device=device)
 
-    def trace(self) -> torch.jit.ScriptModule:
-        """TorchScript of the current levels/thresholds (levels become constants in the trace)."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return torch.jit.trace(self, self.example_input(), check_trace=False)
-        finally:
-            self.train(was_training)
-
     def save_torchscript(self, path) -> None:
         """Write the traced module atomically (temp file, then rename), CPU and float32."""
-        from mtdeploy.io import atomic_path
+        from mtdeploy.nn import save_traced
 
         clone = GraphModule(self.to_graph())
-        traced = clone.trace()
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.jit.save(traced, str(tmp))
+        # No trace check: it would rerun the module only to compare it with itself.
+        save_traced(clone, clone.example_input(), path, check_trace=False)
