@@ -12,11 +12,10 @@ from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 
-BUILD_NETWORK = "network.net"   # NetX HDF5 + the /mtdeploy extension: the whole build
 
 
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
-    """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net) -> BN-folded IR."""
+    """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net, .mtsnn.h5) -> IR."""
     if isinstance(model, Graph):
         return model.copy()
     from mtdeploy import frontends
@@ -51,7 +50,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
     if graph.meta.get("converted"):
-        # A .net file (mtdeploy's or lava-dl's) already holds a converted, quantized network.
+        # A .net / .mtsnn.h5 (mtdeploy's or lava-dl's) holds a converted, quantized network.
         changed = [name for name, value in (("--timesteps", timesteps), ("--input-max", input_max))
                    if value is not None]
         changed += [name for name, value, default in (
@@ -109,11 +108,12 @@ def _write_build(build: Build) -> None:
     from mtdeploy.io import atomic_dir, write_json, write_text
     from mtdeploy.report import report_markdown
 
-    from mtdeploy.targets.loihi2.netx_export import write_netx
+    from mtdeploy.targets.loihi2.netx_export import build_network_file, write_netx
 
+    name = build_network_file(build.graph)
     with atomic_dir(build.out_dir) as tmp:
-        notes = write_netx(build.graph, tmp / BUILD_NETWORK, require_stock=False)
-        stock = {"loadable": not any(f.severity == "error" for f in notes),
+        notes = write_netx(build.graph, tmp / name, require_stock=name.endswith(".net"))
+        stock = {"loadable": name.endswith(".net"), "file": name,
                  "findings": [str(f) for f in notes]}
         build.report["netx"] = stock
         write_json(tmp / "schedule.json", build.schedule)
@@ -127,10 +127,15 @@ def load_build(build_dir) -> Graph:
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise InputError(f"{build_dir}: not a build directory (run 'mtdeploy compile' first)")
-    path = build_dir / BUILD_NETWORK
-    if not path.is_file():
-        raise InputError(f"{build_dir}: no {BUILD_NETWORK}; is this a build directory?")
+    from mtdeploy.targets.loihi2.netx_export import MTSNN_FILE, NETX_FILE
     from mtdeploy.targets.loihi2.netx_import import read_netx
+
+    # network.net when stock netx loads the network, else network.mtsnn.h5: either holds the
+    # whole MT-SNN in its /mtdeploy extension.
+    path = next((build_dir / n for n in (NETX_FILE, MTSNN_FILE) if (build_dir / n).is_file()), None)
+    if path is None:
+        raise InputError(f"{build_dir}: no {NETX_FILE} or {MTSNN_FILE}; is this a build "
+                         "directory?")
 
     return read_netx(path)
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
     model_help = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "
-                  "unpickling runs code from the file), an mtdeploy .mtir, or a NetX .net")
+                  "unpickling runs code from the file), an mtdeploy .mtir, a NetX .net, or a "
+                  "build's network.mtsnn.h5")
 
     c = sub.add_parser("compile", help="convert, check and build a model for a target")
     c.add_argument("model", help=model_help)

@@ -53,10 +53,14 @@ def test_compile_then_simulate_float_equals_ann(capsys, cnn_files):
     code, out, err = run(capsys, "compile", model, "--target", "loihi2", "--input-shape", "1,8,8",
                          "-o", build)
     assert code == 0, err
-    assert {"network.net", "schedule.json", "report.json", "report.md"} <= set(os.listdir(build))
+    report = json.loads((build / "report.json").read_text())
+    # this CNN's first-layer bias exceeds netx's 13-bit mantissa: no stock form, no .net
+    assert report["netx"]["file"] == "network.mtsnn.h5" and not report["netx"]["loadable"]
+    assert "13-bit bias mantissa" in report["netx"]["findings"][0]
+    assert {"network.mtsnn.h5", "schedule.json", "report.json",
+            "report.md"} == set(os.listdir(build))
     sched = json.loads((build / "schedule.json").read_text())
     assert sched["latency"]["sum_T"] == 8 + 4 + 2
-    report = json.loads((build / "report.json").read_text())
     assert report["lava"]["processes_by_kind"]["IFNeuron"] == 3
 
     code, out, err = run(capsys, "simulate", build, "--input", tmp / "x.npy", "-o", tmp / "out.npy")
@@ -107,16 +111,21 @@ def test_simulate_errors(capsys, cnn_files):
     assert code == 2 and "(N, 1, 8, 8)" in err
 
 
-def test_recompile_from_network_net_keeps_the_network(capsys, cnn_files):
+def network_file(build: Path) -> Path:
+    """The build's network file (network.net, or network.mtsnn.h5 without a stock form)."""
+    return build / json.loads((build / "report.json").read_text())["netx"]["file"]
+
+
+def test_recompile_from_the_network_file_keeps_the_network(capsys, cnn_files):
     model, _, tmp = cnn_files
     assert run(capsys, "compile", model, "--input-shape", "1,8,8", "-o", tmp / "a",
                "--timesteps", "2")[0] == 0
-    code, _, err = run(capsys, "compile", tmp / "a" / "network.net", "-o", tmp / "b")
+    code, _, err = run(capsys, "compile", network_file(tmp / "a"), "-o", tmp / "b")
     assert code == 0, err
     a = json.loads((tmp / "a" / "schedule.json").read_text())
     b = json.loads((tmp / "b" / "schedule.json").read_text())
     assert a == b
-    code, _, err = run(capsys, "compile", tmp / "a" / "network.net", "-o", tmp / "c",
+    code, _, err = run(capsys, "compile", network_file(tmp / "a"), "-o", tmp / "c",
                        "--timesteps", "4")
     assert code == 2 and "already converted" in err
 
@@ -177,3 +186,28 @@ def test_a_bad_recorded_input_shape_is_an_input_error(capsys, tmp_path, qcfs_cnn
     assert code == 2 and "input_shape" in err and "--input-shape" in err
     # a shape given on the command line is used as is
     assert run(capsys, "compile", model, "--input-shape", "1,8,8", "-o", tmp_path / "b")[0] == 0
+
+
+def test_a_network_stock_netx_cannot_run_gets_no_net_file(capsys, tmp_path, qcfs_residual):
+    """Residual adds have no stock NetX form: the build holds network.mtsnn.h5 (the whole
+    MT-SNN), never a .net that a lab's stock netx would fail on, and simulates from it."""
+    model = tmp_path / "res.pt"
+    torch.jit.trace(qcfs_residual.model, qcfs_residual.batch(2)).save(str(model))
+    build = tmp_path / "b"
+    code, out, err = run(capsys, "compile", model, "--input-shape",
+                         ",".join(map(str, qcfs_residual.input_shape)), "-o", build)
+    assert code == 0, err
+    files = set(os.listdir(build))
+    assert "network.mtsnn.h5" in files and not any(f.endswith(".net") for f in files)
+    report = json.loads((build / "report.json").read_text())
+    assert report["netx"]["loadable"] is False and report["netx"]["file"] == "network.mtsnn.h5"
+    assert "no `.net` file" in (build / "report.md").read_text()
+    x = qcfs_residual.batch(6, seed=2).numpy().astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = run(capsys, "simulate", build, "--input", tmp_path / "x.npy", "-o",
+                       tmp_path / "out.npy")
+    assert code == 0, err
+    ann = ann_forward(load_model_graph(model, qcfs_residual.input_shape), x.astype(np.float64))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), ann.numpy(), atol=1e-9)
+    # the file also compiles again, as a model
+    assert run(capsys, "compile", build / "network.mtsnn.h5", "-o", tmp_path / "c")[0] == 0

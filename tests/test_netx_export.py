@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.passes import ConvertOptions, convert, quantize
 from mtdeploy.sim.reference import simulate
-from mtdeploy.targets.loihi2.netx_export import (EXTENSION_VERSION, netx_findings, plan_netx,
-                                                 readout_logits, write_netx)
+from mtdeploy.targets.loihi2.netx_export import (EXTENSION_VERSION, build_network_file,
+                                                 netx_findings, plan_netx, readout_logits,
+                                                 write_netx)
 from mtdeploy.targets.loihi2.netx_import import read_netx, stock_run_settings
 from mtdeploy.targets.loihi2.netx_schema import errors, read_netx_layers, validate_netx_file
 from mtdeploy.testing import random_cnn, random_mlp, random_residual
@@ -284,14 +285,19 @@ def test_mutated_stock_layers_read_as_a_graph_or_an_input_error(good_file, tmp_p
 
 
 def test_network_without_stock_form_is_written_extension_only_and_reads_back(tmp_path):
-    """compile writes every build's network.net: a residual net (no stock NetX form) keeps the
-    full MT-SNN in /mtdeploy, with an empty /layer group and the reasons recorded."""
+    """A residual net (no stock NetX form) keeps the full MT-SNN in /mtdeploy, with an empty
+    /layer group and the reasons recorded, under a name that is not .net: every .net file
+    mtdeploy writes loads in stock netx."""
     rng = np.random.default_rng(5)
     g = quantize(convert(random_residual(rng, levels=[2, 4, 8])))
-    path = tmp_path / "network.net"
+    assert build_network_file(g) == "network.mtsnn.h5"
+    net = tmp_path / "network.net"
     with pytest.raises(DoesNotFitError, match="residual|chain|reads from"):
-        write_netx(g, path)
-    assert not path.exists()
+        write_netx(g, net)
+    with pytest.raises(DoesNotFitError, match="network.mtsnn.h5"):
+        write_netx(g, net, require_stock=False)
+    assert not net.exists()
+    path = tmp_path / "network.mtsnn.h5"
     findings = write_netx(g, path, require_stock=False)
     assert findings and stock_run_settings(path)["loadable"] is False
     back = read_netx(path)

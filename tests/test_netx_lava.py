@@ -165,3 +165,26 @@ def test_slayer_network_read_with_read_netx_simulates_like_netx_runs_it(tmp_path
     assert lava["counts"][len(pops) - 1].sum() > 0
     # the readout of a spiking output layer is its rate over the window
     assert np.array_equal(ref.output * steps, lava["counts"][len(pops) - 1])
+
+
+@pytest.mark.parametrize("builder,levels,options", [(random_mlp, [4, 2, 1], {}),
+                                                    (random_cnn, [1, 1, 1], {"alignment": "ttm"})],
+                         ids=["mlp-compile", "cnn-ttm-compile"])
+def test_a_compiled_builds_net_file_runs_in_stock_netx(tmp_path, builder, levels, options):
+    """What `mtdeploy compile` writes (not only write_netx): its network.net runs in stock netx
+    on Loihi2SimCfg as its stock layers say."""
+    from mtdeploy.api import compile_model
+
+    graph = builder(np.random.default_rng(3), levels=levels)
+    build = compile_model(graph, out_dir=tmp_path / "build", **options)
+    assert build.report["netx"]["file"] == "network.net"
+    path = tmp_path / "build" / "network.net"
+    assert sorted(p.name for p in path.parent.glob("*.net")) == ["network.net"]
+    run = stock_run_settings(path)
+    x = np.random.default_rng(4).uniform(0, 1, (4, *build.graph.input.shape))
+    limit = 2 ** (build.graph.meta["input_bits"] - 1) - 1
+    x_int = np.clip(np.round(x * 2.0 ** build.graph.meta["input_exp"]), -limit, limit)
+    lava = run_stock_netx(path, x_int, run["reset_interval"], run["input_message_bits"],
+                          run["input_layout"], spikes=True)
+    ref = simulate(read_netx(path, use_extension=False), x_int, mode="fixed")
+    assert np.array_equal(lava["v"], ref.output * run["reset_interval"] * 2 ** run["act_shift"])

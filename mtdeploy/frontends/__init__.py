@@ -40,14 +40,14 @@ def load_model_graph(path, input_shape=None, trust_pickle: bool = False) -> Grap
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         graph = Graph.load(path)
-    elif suffix == ".net":
+    elif suffix in (".net", ".h5"):   # NetX, or a build's network.mtsnn.h5 (same layout)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         graph = _read_netx(path)
     else:
         raise InputError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
-                         f"expected {', '.join(TORCH_SUFFIXES)} (PyTorch), .net (NetX) or .mtir "
-                         "(mtdeploy IR)")
+                         f"expected {', '.join(TORCH_SUFFIXES)} (PyTorch), .net (NetX), .mtsnn.h5 "
+                         "(a build's MT-SNN) or .mtir (mtdeploy IR)")
     if input_shape is not None and suffix not in TORCH_SUFFIXES:
         wanted = parse_input_shape(input_shape)
         if tuple(graph.input.shape) != wanted:

@@ -57,13 +57,15 @@ def report_markdown(report: dict) -> str:
         lines += ["", "## Hardware budget", "", budget["markdown"]]
     netx = report.get("netx")
     if netx:
-        lines += ["", "## NetX export (network.net)", ""]
+        name = netx.get("file", "network.net")
+        lines += ["", f"## NetX export ({name})", ""]
         if netx["loadable"]:
             lines.append("Stock `lava.lib.dl.netx` loads the `/layer` groups (see docs/netx.md for "
                          "when its run is exact); the `/mtdeploy` extension holds the full MT-SNN.")
         else:
-            lines.append("Stock NetX cannot express this network; `network.net` holds only the "
-                         "`/mtdeploy` extension, which mtdeploy's Lava processes run:")
+            lines.append(f"Stock NetX cannot express this network, so no `.net` file is written; "
+                         f"`{name}` holds the full MT-SNN (the `/mtdeploy` extension), which "
+                         "mtdeploy's Lava processes run. Why:")
         lines += [f"- {f}" for f in netx["findings"]]
     lava = report.get("lava")
     if lava and lava.get("available"):

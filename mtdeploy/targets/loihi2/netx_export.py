@@ -41,6 +41,10 @@ from mtdeploy.targets.loihi2.netx_schema import (ACT_SHIFT, BIAS_MAX, BIAS_MIN, 
 
 EXTENSION_FORMAT = "mtdeploy-netx"
 EXTENSION_VERSION = 1
+# A build's network file: NetX when stock netx can load it, else mtdeploy's own name for the
+# same layout with the extension only (so a lab never points netx at a file it cannot run).
+NETX_FILE = "network.net"
+MTSNN_FILE = "network.mtsnn.h5"
 # Block k (1-based) sees input step t at step t + k (each synapse adds one step), so windows of
 # `reset_interval` steps line up with the data when netx's per-layer reset offsets start at 1.
 RESET_OFFSET = 1
@@ -352,6 +356,12 @@ def _text(group, key: str, obj) -> None:
                          dtype=h5py.string_dtype("utf-8"))
 
 
+def build_network_file(graph: Graph) -> str:
+    """The file name a build gives ``graph``: ``network.net`` when stock netx loads it,
+    ``network.mtsnn.h5`` (same layout, extension only) when it has no stock form."""
+    return MTSNN_FILE if errors(netx_findings(graph)) else NETX_FILE
+
+
 def write_netx(graph: Graph, path, require_stock: bool = True) -> list[Finding]:
     """Write ``graph`` as a NetX file stock lava-dl loads, with the MT-SNN in ``/mtdeploy``.
 
@@ -360,27 +370,31 @@ def write_netx(graph: Graph, path, require_stock: bool = True) -> list[Finding]:
     network (a residual add, TPP neurons, values outside netx's ranges) is written with an
     empty ``/layer`` group instead: the ``/mtdeploy`` extension still holds the full MT-SNN,
     which mtdeploy's own Lava processes run, and ``/mtdeploy/stock`` records why stock netx
-    cannot. Returns the warnings (and, then, those findings). The file appears whole or not
-    at all.
+    cannot. Such a file is not a NetX file, so it may not be named ``*.net`` (builds call it
+    ``network.mtsnn.h5``): every ``.net`` mtdeploy writes loads in stock netx. Returns the
+    warnings (and, then, those findings). The file appears whole or not at all.
     """
     import h5py
 
+    path = Path(path)
     try:
         plan = plan_netx(graph)
         findings = validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
         blocking = errors(findings)
     except DoesNotFitError as exc:
         plan, findings, blocking = None, list(exc.findings), list(exc.findings)
-    if blocking and require_stock:
-        raise DoesNotFitError(_message("the NetX file would not load as intended", blocking),
-                              blocking)
+    if blocking and (require_stock or path.suffix.lower() == ".net"):
+        head = "the NetX file would not load as intended"
+        if not require_stock:
+            head += (f" (write this network to a non-.net name such as {MTSNN_FILE}: stock "
+                     "netx cannot load it)")
+        raise DoesNotFitError(_message(head, blocking), blocking)
     if blocking:
         stock = {"loadable": False, "findings": [str(f) for f in blocking]}
         layers: list[dict] = []
     else:
         stock = {**plan.run, "loadable": True, "warnings": [str(w) for w in findings]}
         layers = plan.layers
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
