@@ -185,13 +185,13 @@ def _verdict(row: dict) -> str:
 
 def _print_compare(rows, metric: str, n_seeds: int, trained: dict | None) -> None:
     label = {"mean_T": "mean T (= sum T / 4)", "synops": "SynOps per sample"}[metric]
-    n = next((r["samples"] for r in rows if r["compared"]), 0)
     print(f"\nuniform T vs the best mixed configuration at equal or lower {label}: accuracy in % "
-          f"on {n} held-out predictions ({n_seeds} training seeds x both halves; mixed picked on "
-          f"one half, scored on the other); delta = mixed - uniform with a 95% bootstrap interval")
+          f"on n held-out predictions (the {n_seeds} training seeds where such a mixed "
+          f"configuration exists x both halves; mixed picked on one half, scored on the other); "
+          f"delta = mixed - uniform with a 95% bootstrap interval")
     head = (f"{'uniform':>7} {'meanT':>5} {'sumT':>4} {'SynOps':>8} {'acc':>6}"
             + (f" {'trained':>7}" if trained else "")
-            + f" | {'mixed':>6} {'oracle':>6} {'delta':>6} {'95% CI':>15} {'+/-':>7}  verdict")
+            + f" | {'n':>4} {'mixed':>6} {'oracle':>6} {'delta':>6} {'95% CI':>15} {'+/-':>7}  verdict")
     print(head)
     for r in rows:
         left = f"{'T=' + str(r['uniform_T']):>7} {r['mean_T']:>5.2f} {r['sum_T']:>4} {r['synops']:>8.0f}"
@@ -203,7 +203,8 @@ def _print_compare(rows, metric: str, n_seeds: int, trained: dict | None) -> Non
             acc = trained.get(r["uniform_T"])
             left += f" {'-' if acc is None else format(100 * acc, '.2f'):>7}"
         lo, hi = r["delta_ci95"]
-        print(left + f" | {100 * r['mixed_acc']:>6.2f} {100 * r['oracle_acc']:>6.2f} "
+        print(left + f" | {r['samples']:>4} {100 * r['mixed_acc']:>6.2f} "
+              f"{100 * r['oracle_acc']:>6.2f} "
               f"{100 * r['delta']:>+6.2f} [{100 * lo:>+5.2f},{100 * hi:>+5.2f}] "
               f"{r['mixed_only_right']:>3}/{r['uniform_only_right']:<3}  {_verdict(r)}")
     print("(+/-: predictions only mixed / only uniform got right; oracle: best mixed configuration "

@@ -228,6 +228,24 @@ def test_searched_model_reference_simulation_equals_its_ann(mean_t_result):
     assert [n.T for n in convert(graph).of_kind("qcfs")] == list(mean_t_result.chosen.levels.values())
 
 
+@pytest.mark.lava
+def test_searched_model_compiles_and_lava_equals_the_reference_fixed_point(mean_t_result, tmp_path):
+    """The chosen model, through its TorchScript file and `compile`, runs on Lava's CPU
+    simulator bit-exactly like the reference simulator's fixed point."""
+    pytest.importorskip("lava.magma")
+    from mtdeploy.api import compile_model, load_build
+    from mtdeploy.targets.loihi2.lava.network import run_lava
+
+    model = tmp_path / "searched.pt"
+    mean_t_result.module().save_torchscript(model)
+    compile_model(model, out_dir=tmp_path / "build")
+    snn = load_build(tmp_path / "build")
+    assert [n.T for n in snn.of_kind("qcfs")] == list(mean_t_result.chosen.levels.values())
+    x = np.random.default_rng(6).uniform(0, 1, (6, *snn.input.shape))
+    assert np.array_equal(run_lava(snn, x, fixed_point=True),
+                          simulate(snn, x, mode="fixed").output)
+
+
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 def test_synops_from_the_ann_equal_the_simulators_count(arch):
     rng = np.random.default_rng(9)
