@@ -262,15 +262,9 @@ def _compile_and_simulate(searched_pt: Path, graph_module, x: np.ndarray, y: np.
     """TorchScript -> compile (write=False) -> reference simulation; compare with the ANN."""
     from mtdeploy.api import compile_model
 
-    try:
-        build = compile_model(searched_pt, input_shape=INPUT_SHAPE, write=False)
-        snn, how = build.graph, "mtdeploy.api.compile_model(write=False)"
-    except ImportError as exc:   # the budget checker has not landed: same passes, no check
-        from mtdeploy.passes import convert, quantize, schedule
-
-        snn = quantize(convert(load_model(searched_pt, INPUT_SHAPE)))
-        schedule(snn)
-        how = f"convert+quantize+schedule (compile_model unavailable: {exc})"
+    # no --input-shape: save_torchscript records it in the archive
+    snn = compile_model(searched_pt, write=False).graph
+    how = "mtdeploy.api.compile_model(write=False)"
     imported = load_model(searched_pt, INPUT_SHAPE)
     ann = ann_forward(imported, x).numpy()
     gm = graph_module.double().eval()
