@@ -13,7 +13,6 @@ from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 
 
-
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
     """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net, .mtsnn.h5) -> IR."""
     if isinstance(model, Graph):
@@ -108,12 +107,11 @@ def _write_build(build: Build) -> None:
     from mtdeploy.io import atomic_dir, write_json, write_text
     from mtdeploy.report import report_markdown
 
-    from mtdeploy.targets.loihi2.netx_export import build_network_file, write_netx
+    from mtdeploy.targets.loihi2.netx_export import NETX_FILE, write_build_network
 
-    name = build_network_file(build.graph)
     with atomic_dir(build.out_dir) as tmp:
-        notes = write_netx(build.graph, tmp / name, require_stock=name.endswith(".net"))
-        stock = {"loadable": name.endswith(".net"), "file": name,
+        name, notes = write_build_network(build.graph, tmp)
+        stock = {"loadable": name == NETX_FILE, "file": name,
                  "findings": [str(f) for f in notes]}
         build.report["netx"] = stock
         write_json(tmp / "schedule.json", build.schedule)

@@ -318,13 +318,19 @@ def _message(head: str, findings: list[Finding]) -> str:
     return "\n".join([f"{head}: {len(findings)} finding(s)"] + [f"  - {f}" for f in findings])
 
 
-def netx_findings(graph: Graph) -> list[Finding]:
-    """Everything that would stop ``write_netx`` (and its warnings), without writing."""
+def _checked_plan(graph: Graph) -> tuple[StockPlan | None, list[Finding], list[Finding]]:
+    """(plan or None, every finding, the blocking ones): planning and validation, once."""
     try:
         plan = plan_netx(graph)
     except DoesNotFitError as exc:
-        return list(exc.findings)
-    return validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
+        return None, list(exc.findings), list(exc.findings)
+    findings = validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
+    return plan, findings, errors(findings)
+
+
+def netx_findings(graph: Graph) -> list[Finding]:
+    """Everything that would stop ``write_netx`` (and its warnings), without writing."""
+    return _checked_plan(graph)[1]
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -359,7 +365,15 @@ def _text(group, key: str, obj) -> None:
 def build_network_file(graph: Graph) -> str:
     """The file name a build gives ``graph``: ``network.net`` when stock netx loads it,
     ``network.mtsnn.h5`` (same layout, extension only) when it has no stock form."""
-    return MTSNN_FILE if errors(netx_findings(graph)) else NETX_FILE
+    return MTSNN_FILE if _checked_plan(graph)[2] else NETX_FILE
+
+
+def write_build_network(graph: Graph, directory) -> tuple[str, list[Finding]]:
+    """Write a build's network file into ``directory`` under :func:`build_network_file`'s
+    name (planning once); -> (file name, findings as :func:`write_netx` returns them)."""
+    checked = _checked_plan(graph)
+    name = MTSNN_FILE if checked[2] else NETX_FILE
+    return name, _write(graph, Path(directory) / name, checked, require_stock=not checked[2])
 
 
 def write_netx(graph: Graph, path, require_stock: bool = True) -> list[Finding]:
@@ -374,15 +388,13 @@ def write_netx(graph: Graph, path, require_stock: bool = True) -> list[Finding]:
     ``network.mtsnn.h5``): every ``.net`` mtdeploy writes loads in stock netx. Returns the
     warnings (and, then, those findings). The file appears whole or not at all.
     """
+    return _write(graph, Path(path), _checked_plan(graph), require_stock)
+
+
+def _write(graph: Graph, path: Path, checked, require_stock: bool) -> list[Finding]:
     import h5py
 
-    path = Path(path)
-    try:
-        plan = plan_netx(graph)
-        findings = validate_netx_layers(plan.layers, plan.names, plan.run["input_message_bits"])
-        blocking = errors(findings)
-    except DoesNotFitError as exc:
-        plan, findings, blocking = None, list(exc.findings), list(exc.findings)
+    plan, findings, blocking = checked
     if blocking and (require_stock or path.suffix.lower() == ".net"):
         head = "the NetX file would not load as intended"
         if not require_stock:
