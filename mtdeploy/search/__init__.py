@@ -2,7 +2,7 @@
 
 ``search(graph, calib_x, calib_y, val_x, val_y, budget="mean-T=4")`` returns a
 :class:`SearchResult` holding every fine-tuned configuration, its Pareto fronts (accuracy vs
-mean T, sum T, SynOps/energy, cores when the budget checker is installed) and the chosen one;
+mean T, sum T, SynOps/energy, cores when a target is named) and the chosen one;
 ``GraphModule`` is the trainable torch view of an IR graph that the search tunes and ships.
 """
 from mtdeploy.search.budget import Budget, parse_budget

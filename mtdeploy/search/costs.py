@@ -117,15 +117,9 @@ class CoreCounter:
     """
 
     def __init__(self, target: str):
-        from mtdeploy.errors import InputError
+        from mtdeploy.targets.checker import check
+        from mtdeploy.targets.profiles import load_profile
 
-        try:
-            from mtdeploy.targets.checker import check
-            from mtdeploy.targets.profiles import load_profile
-        except ImportError as exc:
-            raise InputError(f"a cores= budget needs the hardware budget checker "
-                             f"(mtdeploy.targets.checker), which is not available here ({exc}); "
-                             "use mean-T=, sum-T= or synops= instead") from None
         self._check = check
         self.profile = load_profile(target)
         self.target = target

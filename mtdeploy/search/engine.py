@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import itertools
 import os
 import sys
@@ -255,8 +254,8 @@ def search(graph: Graph, calib_x, calib_y, val_x, val_y, budget: Budget | str | 
     ``exhaustive_limit``: measure every configuration on the calibration data when there are
     at most this many (else greedy + knapsack proposals only). ``threshold_lr`` is relative to
     each layer's threshold (Adam, so roughly the fraction a threshold may move per step).
-    ``target`` names the profile for core counts (needs the budget checker,
-    ``mtdeploy.targets.checker``; without it cores are left out unless the budget asks for them).
+    ``target`` names the profile for core counts (``mtdeploy.targets.checker``; None leaves
+    cores out unless the budget asks for them).
     ``threads``: torch CPU threads during the search (None: leave as is). Small models gain
     nothing from intra-op threads, and on a busy machine their synchronisation costs more than
     the arithmetic (measured here: a 240x12x16 linear took ~3 ms with 2 threads under load,
@@ -384,20 +383,11 @@ def _check_reachable(budget: Budget | None, choices: list[int], n_layers: int) -
 
 
 def _core_counter(budget: Budget | None, target: str | None) -> CoreCounter | None:
-    """Cores are measured when the budget asks for them (an error if they cannot be), or when a
-    target is named and the budget checker is installed (a bad target name is still an error)."""
+    """Cores are measured when the budget asks for them (on ``target``, default loihi2) or
+    when a target is named (a bad target name is an error)."""
     if budget is not None and budget.metric == "cores":
         return CoreCounter(target or "loihi2")
-    if target is None or not _budget_checker_installed():
-        return None
-    return CoreCounter(target)
-
-
-def _budget_checker_installed() -> bool:
-    try:
-        return importlib.util.find_spec("mtdeploy.targets.checker") is not None
-    except ModuleNotFoundError:
-        return False
+    return None if target is None else CoreCounter(target)
 
 
 def _sensitivity(layers, choices, top, calib, show) -> dict[str, dict[int, dict[str, float]]]:
