@@ -5,6 +5,8 @@ clip value ``lam`` (the SNN threshold) and a straight-through gradient for ``flo
 """
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -57,8 +59,6 @@ def save_traced(model: nn.Module, example_input: torch.Tensor, path,
     shape (one sample, no batch axis) goes into the archive's ``mtdeploy.json``, so compile
     finds it; the file is written atomically (temp file, then rename).
     """
-    import json
-
     from mtdeploy.io import atomic_path
 
     was_training = model.training
