@@ -6,7 +6,6 @@ the target, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

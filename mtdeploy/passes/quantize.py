@@ -15,7 +15,7 @@ import torch
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import incoming_edges, is_population, populations, tree_nodes
+from mtdeploy.ir.snn import is_population, populations, tree_nodes
 
 STATE_BITS = 24
 THRESHOLD_MAX = 2 ** 20   # leaves headroom in the 24-bit membrane for T * current
