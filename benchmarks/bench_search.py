@@ -139,18 +139,23 @@ def _compare(runs: list[dict], metric: str) -> list[dict]:
     many mixed candidates get no selection advantage over the one uniform configuration. The
     'oracle' is the best mixed configuration picked on the held-out data itself: an optimistic
     bound on what any search could find among these candidates."""
+    # accuracy per candidate on half A, half B and both, once per run
+    scores = []
+    for run in runs:
+        corr = run["correct"]
+        acc = {h: {k: float(v.mean()) for k, v in corr[h].items()} for h in "AB"}
+        acc["both"] = {k: float(np.concatenate([corr["A"][k], corr["B"][k]]).mean())
+                       for k in corr["A"]}
+        scores.append(acc)
     rows = []
     for level in LEVEL_CHOICES:
         uni_vec, mix_vec, oracle_vec, seed_vec, picks, costs = [], [], [], [], [], []
-        for run in runs:
+        for run, acc in zip(runs, scores):
             result, corr = run["result"], run["correct"]
             u = next(c for c in result.uniform if c.key()[0] == level)
-            acc = {h: {k: float(v.mean()) for k, v in corr[h].items()} for h in "AB"}
-            both = {k: float(np.concatenate([corr["A"][k], corr["B"][k]]).mean())
-                    for k in corr["A"]}
             pick_a = _best_within(result.candidates, metric, u.costs[metric], acc["A"])
             pick_b = _best_within(result.candidates, metric, u.costs[metric], acc["B"])
-            oracle = _best_within(result.candidates, metric, u.costs[metric], both)
+            oracle = _best_within(result.candidates, metric, u.costs[metric], acc["both"])
             costs.append(u.costs)
             if pick_a is None:
                 continue
