@@ -22,7 +22,7 @@ class _Builder:
 
     def _add(self, node: Node) -> str:
         self.g.add(node)
-        from mtdeploy.ir.kinds import kind_of
+        from mtdeploy.kinds import kind_of
 
         node.shape = tuple(int(s) for s in kind_of(node).infer_shape(
             node, [self.g[i].shape for i in node.inputs]))

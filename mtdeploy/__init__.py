@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from mtdeploy import kinds  # noqa: E402,F401  (registers every node kind with the IR)
+
 
 def compile(model, input_shape=None, target="loihi2", **options):  # noqa: A001 - mirrors the CLI verb
     """Compile a QCFS model (module, path, or IR graph) for ``target``; see :mod:`mtdeploy.api`."""

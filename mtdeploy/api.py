@@ -11,6 +11,9 @@ import numpy as np
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
+from mtdeploy.report import build_report, report_markdown
+from mtdeploy.targets.checker import check as check_budget
+from mtdeploy.targets.profiles import load_profile
 
 
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
@@ -38,7 +41,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
                   weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
-                  hop_delay: int = 1, write: bool = True) -> Build:
+                  write: bool = True) -> Build:
     """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
 
     Raises DoesNotFitError (exit 3) with every finding when the model does not fit; nothing is
@@ -64,25 +67,17 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
         snn = convert(graph, options)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
-    sched = schedule(snn, hop_delay=hop_delay)
-    check = _check(snn, target)
+    profile = load_profile(target)
+    sched = schedule(snn, hop_steps=profile.hop_steps)
+    check = check_budget(snn, profile)
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
-    from mtdeploy.report import build_report, report_markdown
-
     report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
     report["lava"] = _lava_description(snn)
     build = Build(Path(out_dir) if write else None, snn, sched, report, check)
     if write:
         _write_build(build)
     return build
-
-
-def _check(graph: Graph, target: str):
-    from mtdeploy.targets.checker import check
-    from mtdeploy.targets.profiles import load_profile
-
-    return check(graph, load_profile(target))
 
 
 def _lava_description(graph: Graph) -> dict:
@@ -105,8 +100,6 @@ def _findings_text(check, target) -> str:
 
 def _write_build(build: Build) -> None:
     from mtdeploy.io import atomic_dir, write_json, write_text
-    from mtdeploy.report import report_markdown
-
     from mtdeploy.targets.loihi2.netx_export import NETX_FILE, write_build_network
 
     with atomic_dir(build.out_dir) as tmp:

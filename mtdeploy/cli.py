@@ -6,12 +6,13 @@ the target, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from mtdeploy import __version__
-from mtdeploy.errors import MtdeployError
+from mtdeploy.errors import InputError, MtdeployError
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -22,6 +23,25 @@ def _shape(text: str) -> tuple[int, ...]:
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
     return dims
+
+
+def _timesteps(spec: str | None):
+    """``--timesteps``: an integer for all layers, a JSON object {layer: T}, or a JSON file."""
+    if spec is None:
+        return None
+    text = spec.strip()
+    if text.isdigit():
+        return int(text)
+    if Path(text).is_file():
+        text = Path(text).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise InputError(f"--timesteps: expected an integer, a JSON object or a JSON file, got "
+                         f"{spec!r}") from None
+    if not isinstance(value, (int, dict)) or isinstance(value, bool):
+        raise InputError("--timesteps JSON must be an integer or an object {layer: T}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +141,7 @@ def _cmd_compile(a) -> int:
     from mtdeploy.api import compile_model
 
     build = compile_model(a.model, input_shape=a.input_shape, target=a.target, out_dir=a.output,
-                          timesteps=a.timesteps, alignment=a.alignment, neuron=a.neuron,
+                          timesteps=_timesteps(a.timesteps), alignment=a.alignment, neuron=a.neuron,
                           v_init=a.v_init, seed=a.seed, input_max=a.input_max,
                           weight_bits=a.weight_bits, trust_pickle=a.trust_pickle)
     lat = build.report["latency"]
@@ -138,11 +158,21 @@ def _cmd_compile(a) -> int:
 def _cmd_check(a) -> int:
     from mtdeploy.api import load_model
     from mtdeploy.passes import ConvertOptions, convert
-    from mtdeploy.targets.checker import run_check
 
     graph = convert(load_model(a.model, a.input_shape, a.trust_pickle),
-                    ConvertOptions(timesteps=a.timesteps))
+                    ConvertOptions(timesteps=_timesteps(a.timesteps)))
     return run_check(graph, a.target, a.json, sys.stdout)
+
+
+def run_check(graph, target: str, json_output: bool, stream) -> int:
+    """Print the budget report of ``graph`` on ``target`` (Markdown, or JSON); 0 fits, 3 not."""
+    from mtdeploy.errors import DoesNotFitError
+    from mtdeploy.targets.checker import check
+
+    report = check(graph, target)
+    stream.write((json.dumps(report.to_json(), indent=1) if json_output else report.to_markdown())
+                 + "\n")
+    return 0 if report.fits else DoesNotFitError.exit_code
 
 
 def _cmd_simulate(a) -> int:

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes (temp file, then rename) and user data loading."""
+"""File helpers: the one atomic writer (temp file beside the target, then rename), IR files,
+and user data loading."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdeploy.errors import InputError
+from mtdeploy.ir.serialize import read_zip, write_zip
 
 
 @contextlib.contextmanager
@@ -42,6 +44,20 @@ def save_npy(path, array: np.ndarray) -> None:
     # np.save appends ".npy" to a path without it: hand it an open file instead.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
+
+
+def save_graph(graph, path) -> None:
+    """Write an IR graph as an ``.mtir`` zip (docs/ir-format.md), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write_zip(graph, fh)
+
+
+def load_graph(path):
+    """Read an ``.mtir`` file back into a validated graph."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return read_zip(path, str(path))
 
 
 def _json_default(o):

@@ -12,7 +12,8 @@ import pytest
 
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.targets.checker import Finding, check, run_check
+from mtdeploy.cli import run_check
+from mtdeploy.targets.checker import Finding, check
 from mtdeploy.targets.profiles import load_profile
 
 
@@ -163,7 +164,7 @@ def test_latency_follows_the_schedule_pass(alignment):
     for node, levels in zip(g.of_kind("qcfs"), (2, 8, 8)):
         node.attrs["levels"] = levels
     snn = convert(g, ConvertOptions(alignment=alignment))
-    expected = schedule(snn.copy(), hop_delay=1)["latency"]
+    expected = schedule(snn.copy(), hop_steps=1)["latency"]
     got = check(snn, "loihi2", suggest=False).latency
     for key in ("sequential_steps", "sum_T", "mean_T", "max_T", "pipeline_interval_steps"):
         assert got[key] == expected[key], key

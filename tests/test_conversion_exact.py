@@ -81,7 +81,7 @@ def test_timesteps_override_per_layer_and_unknown_layer():
 
 
 def test_ttm_boundaries_and_totals():
-    from mtdeploy.sim.dynamics import ttm_boundaries
+    from mtdeploy.kinds.align import ttm_boundaries
 
     assert ttm_boundaries(8, 3) == [0, 3, 5, 8]   # round(8/3)=3, round(16/3)=5
     assert ttm_boundaries(4, 2) == [0, 2, 4]
@@ -103,8 +103,10 @@ def test_tpp_is_deterministic_given_seed_and_differs_across_seeds():
 def test_tpp_expected_count_matches_charge():
     """E[count] = clip(v/th, 0, T): check the empirical mean over many samples."""
     from mtdeploy.ir.graph import Node
-    from mtdeploy.sim.dynamics import tpp
+    from mtdeploy.kinds import NEURONS
     import torch
+
+    tpp = NEURONS["tpp"].simulate
 
     node = Node("p", "qcfs", [], {"levels": 8, "neuron": "tpp"}, {"threshold": np.float32(1.0)})
     t, n = 8, 4000

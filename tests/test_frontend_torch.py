@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from mtdeploy.io import save_graph  # noqa: E402
 from mtdeploy.errors import InputError, UnsupportedOpsError
 from mtdeploy.frontends import graph_from_module, load_model_graph
 from mtdeploy.frontends.torch_frontend import import_torch, load_torch_model, parse_input_shape
@@ -448,7 +449,7 @@ def test_load_model_graph_dispatch(tmp_path, qcfs_mlp):
     assert [n.kind for n in graph] == ["input", "linear", "qcfs", "linear", "qcfs", "linear"]
 
     ir = tmp_path / "mlp.mtir"
-    import_torch(qcfs_mlp.model, (16,)).save(ir)  # unfolded: loading folds it
+    save_graph(import_torch(qcfs_mlp.model, (16,)), ir)  # unfolded: loading folds it
     reloaded = load_model_graph(ir)
     assert _ir_signature(reloaded) == _ir_signature(graph)
     with pytest.raises(InputError, match="input shape"):

@@ -130,9 +130,9 @@ def test_describe_lists_processes_windows_and_synapses(qcfs_cnn):
     graph = build(import_torch(qcfs_cnn.model, qcfs_cnn.input_shape), "avg-repeat")
     net = lower_to_lava(graph)                   # built, never run: nothing forked
     desc = net.describe()
-    sched = schedule(graph.copy(), hop_delay=network.SYNAPSE_HOP)
+    sched = schedule(graph.copy(), hop_steps=network.SYNAPSE_HOP)
     windows = {layer["name"]: layer["window"] for layer in sched["layers"]}
-    assert desc["hop_delay"] == network.SYNAPSE_HOP == 1
+    assert desc["hop_steps"] == network.SYNAPSE_HOP == 1
     assert desc["steps_per_sample"] == sched["total_steps"]
     assert [layer["name"] for layer in desc["layers"]] == \
         [name for name in windows if graph[name].kind != "input"]
@@ -217,7 +217,7 @@ def test_ladder_names_the_first_layer_lava_breaks(qcfs_mlp, monkeypatch):
     """Scheduling with a wrong synapse delay misaligns the very first population; the ladder
     must point there, not at the output."""
     graph = build(import_torch(qcfs_mlp.model, qcfs_mlp.input_shape), "avg-repeat")
-    monkeypatch.setattr(network, "SYNAPSE_HOP", 2)
+    schedule(graph, hop_steps=network.SYNAPSE_HOP + 1)     # Lava's synapses take one step
     rows = ladder(graph, qcfs_mlp.batch(4).numpy())
     first = first_divergence(rows, "fixed-lava")
     assert first is not None and first["layer"] == rows[0]["layer"]

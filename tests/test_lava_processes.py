@@ -18,7 +18,7 @@ from lava.proc.io.source import RingBuffer as Source  # noqa: E402
 from lava.proc.sparse.process import Sparse  # noqa: E402
 from lava.utils.weightutils import SignMode  # noqa: E402
 
-from mtdeploy.sim import rng  # noqa: E402
+from mtdeploy.kinds import rng  # noqa: E402
 from mtdeploy.targets.loihi2.lava.network import SYNAPSE_HOP, child_pids  # noqa: E402
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM,  # noqa: E402
                                                          DelayLine, IFNeuron, Readout,

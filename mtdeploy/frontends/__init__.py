@@ -10,7 +10,9 @@ from pathlib import Path
 from mtdeploy.errors import InputError
 from mtdeploy.frontends.torch_frontend import (import_torch, load_torch_model, parse_input_shape,
                                                stored_input_shape)
+from mtdeploy.io import load_graph
 from mtdeploy.ir.graph import Graph
+from mtdeploy.targets.loihi2.netx_import import read_netx
 from mtdeploy.passes.fold_bn import fold_batchnorm
 
 __all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",
@@ -39,11 +41,11 @@ def load_model_graph(path, input_shape=None, trust_pickle: bool = False) -> Grap
     elif suffix == ".mtir":
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        graph = Graph.load(path)
+        graph = load_graph(path)
     elif suffix in (".net", ".h5"):   # NetX, or a build's network.mtsnn.h5 (same layout)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        graph = _read_netx(path)
+        graph = read_netx(path)
     else:
         raise InputError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
                          f"expected {', '.join(TORCH_SUFFIXES)} (PyTorch), .net (NetX), .mtsnn.h5 "
@@ -62,12 +64,3 @@ def graph_from_module(model, input_shape) -> Graph:
         raise InputError("input_shape is required for a torch model (one sample without the "
                          "batch axis, e.g. (1, 28, 28))")
     return fold_batchnorm(import_torch(model, input_shape))
-
-
-def _read_netx(path: Path) -> Graph:
-    try:
-        from mtdeploy.targets.loihi2.netx_import import read_netx
-    except ImportError as exc:
-        raise InputError(f"{path}: reading NetX .net files is not available in this installation "
-                         f"({exc})") from None
-    return read_netx(path)

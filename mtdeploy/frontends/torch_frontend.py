@@ -8,7 +8,7 @@ the two paths cannot drift apart and no layer type is special-cased here.
 
 A TorchScript submodule is not an eager module: ``torch.jit.script`` keeps a layer's constants
 as attributes, ``torch.jit.trace`` keeps only parameters and buffers and bakes the rest into
-the graph. ``_SCRIPT_ADAPTERS`` rebuilds the eager module (from the attributes, else from the
+the graph. each kind's ``from_script`` rebuilds the eager module (from the attributes, else from the
 traced op's constant arguments), and every rebuilt module is checked against the archive's own
 submodule on random data before the import is accepted.
 
@@ -32,7 +32,8 @@ from torch import nn
 
 from mtdeploy.errors import InputError, UnsupportedOpsError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import KINDS, kind_for_module, kind_of
+from mtdeploy.ir.kind import KINDS, kind_for_module, kind_of
+from mtdeploy.kinds.common import ScriptConfigError
 
 TORCHSCRIPT_HOWTO = "torch.jit.trace(model.eval(), example_input).save(path)"
 
@@ -554,141 +555,12 @@ def _script_class_name(module: torch.jit.ScriptModule) -> str:
     return ".".join(parts)
 
 
-def _script_constant(value: torch._C.Value) -> Any:
-    """The compile-time value of a TorchScript graph value (constants and lists of them)."""
-    node = value.node()
-    if node.kind() == "prim::Constant":
-        return value.toIValue()
-    if node.kind() == "prim::ListConstruct":
-        return [_script_constant(v) for v in node.inputs()]
-    raise _AdapterError(f"{node.kind()} is not a constant")
-
-
-class _AdapterError(Exception):
-    """A TorchScript submodule's configuration could not be read."""
-
-
-def _config(sm: torch.jit.ScriptModule, attr: str, op: str, index: int) -> Any:
-    """A layer option: a scripted module's attribute, else the traced ``op``'s constant argument."""
-    if hasattr(sm, attr):
-        return getattr(sm, attr)
-    return _traced_argument(sm, op, index)
-
-
-def _traced_argument(sm: torch.jit.ScriptModule, op: str, index: int) -> Any:
-    """The constant argument ``index`` that the traced forward passes to ``op``."""
-    for node in sm.graph.nodes():
-        if node.kind() == op:
-            return _script_constant(list(node.inputs())[index])
-    raise _AdapterError(f"its forward has no {op} to read argument {index} from")
-
-
-def _with_state(eager: nn.Module, sm: torch.jit.ScriptModule) -> nn.Module:
-    eager.load_state_dict(sm.state_dict())
-    return eager.eval()
-
-
-_CONV = "aten::_convolution"  # (input, weight, bias, stride, padding, dilation, transposed, ...)
-
-
-def _rebuild_conv2d(sm):
-    weight = sm.weight
-    if not hasattr(sm, "groups") and _traced_argument(sm, _CONV, 6):
-        raise _AdapterError("it is a transposed convolution")
-    groups = int(_config(sm, "groups", _CONV, 8))
-    eager = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-                      stride=tuple(_config(sm, "stride", _CONV, 3)),
-                      padding=_config(sm, "padding", _CONV, 4),
-                      dilation=tuple(_config(sm, "dilation", _CONV, 5)), groups=groups,
-                      bias=getattr(sm, "bias", None) is not None,
-                      padding_mode=getattr(sm, "padding_mode", "zeros"))
-    return _with_state(eager, sm)
-
-
-def _rebuild_linear(sm):
-    weight = sm.weight
-    eager = nn.Linear(weight.shape[1], weight.shape[0], bias=getattr(sm, "bias", None) is not None)
-    return _with_state(eager, sm)
-
-
-def _batchnorm_rebuilder(cls):
-    _BN = "aten::batch_norm"  # (input, weight, bias, mean, var, training, momentum, eps, cudnn)
-
-    def rebuild(sm):
-        if not hasattr(sm, "eps") and _traced_argument(sm, _BN, 5):
-            raise _AdapterError("it was traced in training mode (batch statistics); call "
-                                "model.eval() before torch.jit.trace")
-        mean = getattr(sm, "running_mean", None)
-        weight = getattr(sm, "weight", None)
-        features = (mean if mean is not None else weight).shape[0]
-        eager = cls(features, eps=float(_config(sm, "eps", _BN, 7)), affine=weight is not None,
-                    track_running_stats=mean is not None)
-        return _with_state(eager, sm)
-    return rebuild
-
-
-def _rebuild_avgpool2d(sm):
-    op = "aten::avg_pool2d"  # (input, kernel, stride, padding, ceil_mode, count_include_pad, div)
-    eager = nn.AvgPool2d(_config(sm, "kernel_size", op, 1), _config(sm, "stride", op, 2) or None,
-                         _config(sm, "padding", op, 3), ceil_mode=_config(sm, "ceil_mode", op, 4),
-                         count_include_pad=_config(sm, "count_include_pad", op, 5),
-                         divisor_override=_config(sm, "divisor_override", op, 6))
-    return eager
-
-
-def _rebuild_adaptive_avgpool2d(sm):
-    size = _config(sm, "output_size", "aten::adaptive_avg_pool2d", 1)
-    return nn.AdaptiveAvgPool2d(tuple(size) if isinstance(size, list) else size)
-
-
-def _rebuild_flatten(sm):
-    return nn.Flatten(_config(sm, "start_dim", "aten::flatten", 1),
-                      _config(sm, "end_dim", "aten::flatten", 2))
-
-
-def _rebuild_qcfs(sm):
-    from mtdeploy.nn import QCFS
-
-    threshold = float(sm.threshold)
-    levels = int(sm.levels) if hasattr(sm, "levels") else _probe_qcfs_levels(sm, threshold)
-    return _with_state(QCFS(levels, threshold), sm)
-
-
-def _probe_qcfs_levels(sm, threshold: float) -> int:
-    """A traced QCFS keeps ``levels`` only as a baked constant; count its output steps instead.
-
-    The output takes the values k*threshold/levels, k = 0..levels; a grid finer than any step
-    between -0.25 and 1.25 thresholds visits all of them (levels up to ~10^4).
-    """
-    grid = torch.linspace(-0.25, 1.25, 2 ** 14 + 1) * threshold
-    with torch.no_grad():
-        out = sm._c._get_method("forward")(grid.view(1, -1, 1, 1))
-    return max(1, int(torch.unique(out).numel()) - 1)
-
-
-_SCRIPT_ADAPTERS: dict[type, Callable[[torch.jit.ScriptModule], nn.Module]] = {
-    nn.Conv2d: _rebuild_conv2d,
-    nn.Linear: _rebuild_linear,
-    nn.BatchNorm1d: _batchnorm_rebuilder(nn.BatchNorm1d),
-    nn.BatchNorm2d: _batchnorm_rebuilder(nn.BatchNorm2d),
-    nn.AvgPool2d: _rebuild_avgpool2d,
-    nn.AdaptiveAvgPool2d: _rebuild_adaptive_avgpool2d,
-    nn.Flatten: _rebuild_flatten,
-}
-
-
-def _script_adapters() -> dict[str, tuple[type, Callable | None]]:
-    """Qualified class name -> (eager class, rebuild function), for every torch type the
-    registry maps plus the identity modules (which need no rebuild).
-
-    A type the registry maps but no adapter covers gets ``None``: its layers are reported as
-    unsupported in TorchScript archives rather than imported wrongly.
-    """
-    from mtdeploy.nn import QCFS
-
-    adapters = {**_SCRIPT_ADAPTERS, QCFS: _rebuild_qcfs}
-    types = [cls for kind in KINDS.values() for cls in kind.torch_types] + list(_IDENTITY_MODULES)
-    return {f"{cls.__module__}.{cls.__qualname__}": (cls, adapters.get(cls)) for cls in types}
+def _script_types() -> dict[str, tuple[type, Any]]:
+    """Qualified class name -> (eager class, its kind or None), for every torch type the
+    registry maps plus the identity modules (which need no rebuild)."""
+    types = [(cls, kind) for kind in KINDS.values() for cls in kind.torch_types]
+    types += [(cls, None) for cls in _IDENTITY_MODULES]
+    return {f"{cls.__module__}.{cls.__qualname__}": (cls, kind) for cls, kind in types}
 
 
 _CONTAINER_MODULES = ("Sequential", "ModuleList", "ModuleDict")
@@ -697,7 +569,7 @@ _CONTAINER_MODULES = ("Sequential", "ModuleList", "ModuleDict")
 class _ScriptWalker:
     def __init__(self, builder: _GraphBuilder):
         self.builder = builder
-        self.adapters = _script_adapters()
+        self.types = _script_types()
 
     def call(self, ref: _ModuleRef, method: str, args: list) -> Any:
         """A call ``ref.method(*args)``: a layer, a dropped module, an offender, or a container."""
@@ -705,16 +577,15 @@ class _ScriptWalker:
         class_name = _script_class_name(ref.module)
         short = class_name.rsplit(".", 1)[-1]
         # torch.jit.trace names the k-th extra call of a module forward1, forward2, ...
-        if class_name in self.adapters and method.startswith("forward"):
-            cls, rebuild = self.adapters[class_name]
-            if cls in _IDENTITY_MODULES:
+        if class_name in self.types and method.startswith("forward"):
+            cls, kind = self.types[class_name]
+            if kind is None:
                 return b.call_module(ref.path, cls(), args, {})
-            if rebuild is None:
-                return b.unsupported(ref.path, short, "mtdeploy cannot read this layer from "
-                                     "TorchScript yet; pass the eager model instead")
             try:
-                eager = rebuild(ref.module)
-            except (_AdapterError, RuntimeError, TypeError, ValueError) as exc:
+                eager = kind.from_script(ref.module)
+            except InputError as exc:
+                return b.unsupported(ref.path, short, str(exc))
+            except (ScriptConfigError, RuntimeError, TypeError, ValueError) as exc:
                 return b.unsupported(ref.path, short, f"cannot read its configuration from the "
                                                       f"TorchScript archive: {_first_line(exc)}")
             out = b.call_module(ref.path, eager, args, {})

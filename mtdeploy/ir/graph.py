@@ -3,22 +3,18 @@
 Every node carries its output shape (one sample, no batch axis, PyTorch CHW order), its kind's
 attributes and parameters (numpy arrays), where it came from in the user's model, and its
 timing once the conversion passes have run (``T``: the node's time steps). Behaviour per kind
-lives in :mod:`mtdeploy.ir.kinds`; this module is only structure and the file format.
+lives in :mod:`mtdeploy.kinds` (the interface: :mod:`mtdeploy.ir.kind`); this module is only structure and the file format.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from mtdeploy.errors import InputError
+from mtdeploy.ir.kind import KINDS, kind_of
 
 IR_FORMAT = "mtdeploy-ir"
 IR_VERSION = 1
@@ -114,7 +110,7 @@ class Graph:
 
     @property
     def input(self) -> Node:
-        inputs = [n for n in self.nodes.values() if n.kind == "input"]
+        inputs = [n for n in self.nodes.values() if kind_of(n).role == "source"]
         if len(inputs) != 1:
             raise InputError(f"the graph must have exactly one input, found {len(inputs)}")
         return inputs[0]
@@ -126,16 +122,12 @@ class Graph:
         return [n for n in self.nodes.values() if n.kind in kinds]
 
     def infer_shapes(self) -> None:
-        from mtdeploy.ir.kinds import kind_of
-
         for node in self.nodes.values():
             node.shape = tuple(int(s) for s in kind_of(node).infer_shape(
                 node, [self.nodes[i].shape for i in node.inputs]))
 
     def validate(self) -> None:
         seen: set[str] = set()
-        from mtdeploy.ir.kinds import KINDS
-
         for node in self.nodes.values():
             if node.kind not in KINDS:
                 raise InputError(f"node {node.name}: unknown kind {node.kind!r}")
@@ -156,16 +148,9 @@ class Graph:
         g.meta = json.loads(json.dumps(self.meta))
         return g
 
-    def summary(self) -> str:
-        rows = [f"{'node':<24} {'kind':<10} {'shape':<16} {'T':>3}  inputs"]
-        for n in self.nodes.values():
-            extra = f" levels={n.attrs['levels']}" if "levels" in n.attrs else ""
-            rows.append(f"{n.name:<24} {n.kind:<10} {str(n.shape):<16} {n.T if n.T else '-':>3}  "
-                        f"{', '.join(n.inputs)}{extra}")
-        return "\n".join(rows)
-
-    # ---- file format (docs/ir-format.md) --------------------------------------------------
+    # ---- the JSON document of docs/ir-format.md (mtdeploy.ir.serialize reads it back) ----
     def to_json(self) -> dict:
+        """Everything but the parameter arrays, which files store beside it."""
         return {
             "format": IR_FORMAT, "version": IR_VERSION, "name": self.name, "output": self.output,
             "meta": self.meta,
@@ -173,45 +158,3 @@ class Graph:
                        "shape": list(n.shape), "origin": n.origin, "T": n.T,
                        "params": sorted(n.params)} for n in self.nodes.values()],
         }
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the graph atomically as a zip: ``graph.json`` plus one ``.npy`` per parameter."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("graph.json", json.dumps(self.to_json(), indent=1))
-                for n in self.nodes.values():
-                    for pname, arr in n.params.items():
-                        buf = io.BytesIO()
-                        np.save(buf, np.asarray(arr), allow_pickle=False)
-                        zf.writestr(f"params/{n.name}/{pname}.npy", buf.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Graph":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                doc = json.loads(zf.read("graph.json"))
-                if doc.get("format") != IR_FORMAT:
-                    raise InputError(f"{path}: not an mtdeploy IR file")
-                if doc.get("version", 0) > IR_VERSION:
-                    raise InputError(f"{path}: IR version {doc['version']} is newer than this "
-                                     f"mtdeploy reads ({IR_VERSION})")
-                g = cls(doc["name"])
-                for nd in doc["nodes"]:
-                    params = {p: np.load(io.BytesIO(zf.read(f"params/{nd['name']}/{p}.npy")),
-                                         allow_pickle=False) for p in nd["params"]}
-                    g.add(Node(nd["name"], nd["kind"], nd["inputs"], nd["attrs"], params,
-                               tuple(nd["shape"]), nd.get("origin", ""), nd.get("T")))
-                g.output = doc["output"]
-                g.meta = doc.get("meta", {})
-        except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: corrupt or unreadable IR file ({exc})") from None
-        g.validate()
-        return g

@@ -4,11 +4,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
+from mtdeploy.ir.kind import kind_of
 
 
 def is_population(node: Node) -> bool:
-    return kind_of(node).role in ("activation", "source")
+    return kind_of(node).role in ("activation", "readout", "source")
+
+
+def is_source(node: Node) -> bool:
+    return kind_of(node).role == "source"
+
+
+def is_readout(node: Node) -> bool:
+    return kind_of(node).role == "readout"
+
+
+def is_alignment(node: Node) -> bool:
+    return kind_of(node).role == "timing"
 
 
 def populations(graph: Graph) -> list[Node]:
@@ -39,24 +51,20 @@ def tree_nodes(graph: Graph, pop: Node) -> list[Node]:
     return [n for n in graph if n.name in found]
 
 
+def spiking_populations(graph: Graph) -> list[Node]:
+    """Populations that spike: neither the input nor the readout."""
+    return [n for n in graph if kind_of(n).role == "activation"]
+
+
 def incoming_edges(graph: Graph, pop: Node) -> list[Edge]:
+    if is_source(pop):
+        return []
     edges = []
     for node in tree_nodes(graph, pop) + [pop]:
-        if kind_of(node).role == "timing":
+        if is_alignment(node):
             edges.append(Edge(node.inputs[0], node.name, node.name))
             continue
         for src in node.inputs:
             if is_population(graph[src]):
                 edges.append(Edge(src, None, node.name))
     return edges
-
-
-def population_of(graph: Graph, name: str) -> Node:
-    """The population whose projection tree holds node ``name`` (trees are unshared)."""
-    node = graph[name]
-    while not is_population(node):
-        consumers = graph.consumers(node.name)
-        if len(consumers) != 1:
-            raise ValueError(f"{name} feeds {len(consumers)} nodes; run the conversion passes first")
-        node = consumers[0]
-    return node

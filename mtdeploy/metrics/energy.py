@@ -7,9 +7,8 @@ Two energy figures, because readers compare against both:
 * ``paper_energy``: the convention of the MT-SNN papers (45 nm, Horowitz): SNN = SynOps x E_AC,
   ANN = MACs x E_MAC, with SynOps = input spikes x fan-out and MACs = one per synapse.
 
-Latency follows docs/semantics.md §4 with the profile's steps per synapse hop: a population
-behind an accumulator starts one hop after all its producers end; a streamed edge starts one hop
-after the producer's output steps begin. A step lasts the barrier (plus a chip-to-chip term
+Latency follows the schedule (docs/semantics.md §4, :mod:`mtdeploy.passes.schedule`): the
+windows come with the network (``resources.extract``). A step lasts the barrier (plus a chip-to-chip term
 when the network spans chips) plus the slowest core's work in that step (``step_work``); the
 pipelined rate assumes every layer busy at once.
 """
@@ -17,31 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtdeploy.passes.schedule import latency
+
 E_MAC_45NM_PJ = 4.6
 E_AC_45NM_PJ = 0.9
 
 
-def schedule_steps(net, hop_steps: int) -> dict:
-    """Windows and step counts (the same rule as mtdeploy.passes.schedule, on a Network)."""
-    windows: dict[str, tuple[int, int]] = {}
-    for name, pop in net.populations.items():
-        if not pop.on_chip:
-            windows[name] = (0, pop.window or 1)
-            continue
-        starts = []
-        for e in pop.edges:
-            p_start, p_end = windows[e.producer]
-            out_start = p_end - net.populations[e.producer].T
-            starts.append((p_end if e.aligned else out_start) + hop_steps)
-        start = max(starts, default=0)
-        windows[name] = (start, start + pop.window)
+def schedule_steps(net) -> dict:
+    """The network's latency figures, from the windows its schedule gave it."""
     spiking = [p.T for n, p in net.populations.items() if p.on_chip and n != net.readout]
-    return {"windows": {n: list(w) for n, w in windows.items()},
-            "sequential_steps": windows[net.readout][1],
-            "sum_T": sum(spiking), "mean_T": sum(spiking) / len(spiking) if spiking else 0.0,
-            "max_T": max(spiking, default=0),
-            "pipeline_interval_steps": max(p.window for p in net.populations.values() if p.on_chip),
-            "hop_steps": hop_steps}
+    return {"windows": {n: list(w) for n, w in net.windows.items()},
+            **latency(net.windows, spiking, net.readout,
+                      [p.window for p in net.populations.values() if p.on_chip], net.hop_steps)}
 
 
 def step_work(net, placement, profile, spikes: dict[str, float], windows) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +68,7 @@ def estimate(net, placement, profile, spike_counts=None) -> dict:
                 "neuron_updates": updates * profile.neuron_update_pj,
                 "messages_on_chip": (intra + placement.input_messages) * profile.spike_message_pj,
                 "messages_between_chips": inter * profile.interchip_spike_pj}
-    sched = schedule_steps(net, profile.hop_steps)
+    sched = schedule_steps(net)
     work, piped = step_work(net, placement, profile, spikes, sched["windows"])
     fixed = profile.barrier_ns + (profile.interchip_latency_ns if placement.n_chips > 1 else 0.0)
     steps = sched["sequential_steps"]

@@ -5,53 +5,49 @@ See docs/semantics.md §1 for the graph these passes produce.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import incoming_edges, is_population, populations
-
-ALIGN_METHODS = ("avg-repeat", "ttm", "none")
-NEURONS = ("if", "tpp")
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import (incoming_edges, is_population, is_readout, is_source, populations,
+                             spiking_populations, tree_nodes)
+from mtdeploy.kinds.align import METHODS as ALIGN_METHODS
+from mtdeploy.kinds.neurons import NEURONS
+from mtdeploy.passes.fold_bn import fold_batchnorm
 
 
 @dataclass
 class ConvertOptions:
-    timesteps: Any = None          # None: T = levels; int: all layers; dict/path: per layer
+    timesteps: Any = None          # None: T = levels; int: all layers; {layer: T}: per layer
     alignment: str = "avg-repeat"
     neuron: str = "if"
     v_init: float = 0.5            # initial membrane potential as a fraction of the threshold
     seed: int = 0                  # TPP's Bernoulli stream
     input_max: float | None = None  # |x| that maps to the top of the input's integer range
-    extra: dict = field(default_factory=dict)
 
 
-def parse_timesteps(spec) -> Any:
-    """``--timesteps``: an integer for all layers, a JSON object, or a path to a JSON file."""
-    if spec is None or isinstance(spec, (int, dict)):
-        return spec
-    text = str(spec).strip()
-    if text.isdigit():
-        return int(text)
-    if Path(text).is_file():
-        text = Path(text).read_text()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise InputError(f"--timesteps: expected an integer, a JSON object or a JSON file, got "
-                         f"{spec!r}") from None
-    if not isinstance(value, (int, dict)):
-        raise InputError("--timesteps JSON must be an integer or an object {layer: T}")
-    return value
+def _check_timesteps(spec, known: list[str]) -> None:
+    """``timesteps``: None, a positive int for every layer, or {activation layer: positive int}."""
+    def valid(t):
+        return isinstance(t, int) and not isinstance(t, bool) and t >= 1
+    if spec is None or valid(spec):
+        return
+    if not isinstance(spec, dict):
+        raise InputError(f"timesteps must be a positive integer or {{layer: T}}, got {spec!r}")
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise InputError(f"timesteps name unknown activation layers {unknown}; known: {known}")
+    bad = {k: v for k, v in spec.items() if not valid(v)}
+    if bad:
+        raise InputError(f"timesteps must be positive integers, got {bad}")
 
 
 def add_readout(graph: Graph) -> Graph:
     """Make the graph's output an explicit readout population (idempotent)."""
     out = graph[graph.output]
-    if out.kind == "readout":
+    if is_readout(out):
         return graph
     if kind_of(out).role == "activation":
         raise InputError(f"the model ends in an activation ({out.label()}); mtdeploy reads out the "
@@ -65,19 +61,15 @@ def add_readout(graph: Graph) -> Graph:
 
 
 def assign_timesteps(graph: Graph, timesteps=None, neuron: str = "if", v_init: float = 0.5) -> Graph:
-    spec = parse_timesteps(timesteps)
+    """T of every population: the spiking layers' from ``timesteps`` (default: their levels),
+    the input 1, the readout the longest of its producers; tree nodes take their population's."""
     if neuron not in NEURONS:
-        raise InputError(f"--neuron must be one of {', '.join(NEURONS)}, got {neuron!r}")
-    qcfs = graph.of_kind("qcfs")
-    if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {n.name for n in qcfs})
-        if unknown:
-            raise InputError(f"--timesteps names unknown activation layers {unknown}; "
-                             f"known: {[n.name for n in qcfs]}")
-    for node in qcfs:
-        t = spec if isinstance(spec, int) else (spec or {}).get(node.name, node.attrs["levels"])
-        if int(t) < 1:
-            raise InputError(f"{node.label()}: T must be >= 1, got {t}")
+        raise InputError(f"neuron must be one of {', '.join(NEURONS)}, got {neuron!r}")
+    spiking = spiking_populations(graph)
+    _check_timesteps(timesteps, [n.name for n in spiking])
+    for node in spiking:
+        t = timesteps if isinstance(timesteps, int) else \
+            (timesteps or {}).get(node.name, node.attrs["levels"])
         node.T = int(t)
         node.attrs["neuron"] = neuron
         node.attrs["v_init"] = float(v_init)
@@ -86,15 +78,9 @@ def assign_timesteps(graph: Graph, timesteps=None, neuron: str = "if", v_init: f
     producers = {e.producer for e in incoming_edges(graph, readout)}
     readout.T = max(graph[p].T for p in producers)
     for pop in populations(graph):
-        for node in _tree(graph, pop):
+        for node in [] if is_source(pop) else tree_nodes(graph, pop):
             node.T = pop.T
     return graph
-
-
-def _tree(graph: Graph, pop: Node) -> list[Node]:
-    from mtdeploy.ir.snn import tree_nodes
-
-    return tree_nodes(graph, pop) if pop.kind != "input" else []
 
 
 def unshare_projections(graph: Graph) -> Graph:
@@ -127,17 +113,15 @@ def insert_alignment(graph: Graph, method: str = "avg-repeat") -> Graph:
     Edges from the input always repeat the sample over the first layer's window.
     """
     if method not in ALIGN_METHODS:
-        raise InputError(f"--alignment must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
+        raise InputError(f"alignment must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
     mismatches = []
     for pop in populations(graph):
-        if pop.kind == "input":
-            continue
         for edge in incoming_edges(graph, pop):
             if edge.align is not None:
                 continue
             producer = graph[edge.producer]
             t_in, t_out = producer.T, pop.T
-            if producer.kind == "input":
+            if is_source(producer):
                 edge_method = "avg-repeat"
             elif method == "avg-repeat" or (method == "ttm" and t_in != t_out):
                 edge_method = method
@@ -152,9 +136,9 @@ def insert_alignment(graph: Graph, method: str = "avg-repeat") -> Graph:
                         T=t_out)
             graph.insert_between(producer.name, edge.entry, node)
     if mismatches:
-        raise InputError("--alignment none needs equal T on every edge; T changes on:\n  "
+        raise InputError("alignment 'none' needs equal T on every edge; T changes on:\n  "
                          + "\n  ".join(mismatches)
-                         + "\n(use --alignment avg-repeat or ttm, or equal --timesteps)")
+                         + "\n(use alignment avg-repeat or ttm, or equal timesteps)")
     return graph
 
 
@@ -162,9 +146,6 @@ def check_projection_trees(graph: Graph) -> None:
     """Each path producer -> population may hold at most one weighted op (conv/linear)."""
     problems = []
     for pop in populations(graph):
-        if pop.kind == "input":
-            continue
-
         def walk(name: str, weighted_seen: str | None):
             node = graph[name]
             if is_population(node):
@@ -189,13 +170,10 @@ def convert(graph: Graph, options: ConvertOptions | None = None) -> Graph:
     """Imported (BN-folded) IR -> converted MT-SNN IR. Returns a new graph."""
     options = options or ConvertOptions()
     g = graph.copy()
-    if not g.of_kind("qcfs"):
+    if not spiking_populations(g):
         raise InputError("the model has no QCFS activation: mark each activation layer with "
                          "mtdeploy.nn.QCFS(levels, threshold)")
-    if g.of_kind("batchnorm"):
-        from mtdeploy.passes.fold_bn import fold_batchnorm
-
-        g = fold_batchnorm(g)
+    g = fold_batchnorm(g)
     add_readout(g)
     check_projection_trees(g)
     unshare_projections(g)

@@ -11,7 +11,7 @@ import numpy as np
 
 from mtdeploy.errors import UnsupportedOpsError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
+from mtdeploy.ir.kind import kind_of
 
 _HINT_PLACE = ("put each BatchNorm directly after a Conv2d/Linear (before the QCFS activation): "
                "mtdeploy folds it into that layer's weights")

@@ -14,55 +14,19 @@ import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import is_population, populations, tree_nodes
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
+from mtdeploy.kinds.align import edge_scale
 
 STATE_BITS = 24
 THRESHOLD_MAX = 2 ** 20   # leaves headroom in the 24-bit membrane for T * current
-
-
-def edge_scale(graph: Graph, align_or_producer: Node) -> float:
-    """Real value of one integer unit leaving an edge (semantics §3)."""
-    if align_or_producer.kind == "align":
-        producer = graph[align_or_producer.inputs[0]]
-        a = align_or_producer.attrs
-        t_in, t_out = a["t_in"], a["t_out"]
-        if a["method"] == "avg-repeat":
-            gain = 1.0 / t_in
-        elif a["method"] == "ttm" and t_in > t_out:
-            gain = t_out / t_in
-        else:
-            gain = 1.0
-    else:
-        producer, gain = align_or_producer, 1.0
-    return _spike_value(graph, producer) * gain
-
-
-def _spike_value(graph: Graph, producer: Node) -> float:
-    if producer.kind == "input":
-        return 2.0 ** -graph.meta["input_exp"]
-    if "threshold" not in producer.params:
-        raise InputError(f"{producer.label()}: population without a threshold cannot feed "
-                         "a quantized projection")
-    return float(producer.params["threshold"])
-
-
-def pool_factor(node: Node) -> float:
-    """avgpool is a sum pool in integers; this is the 1/k it leaves to the weights."""
-    if node.kind != "avgpool":
-        return 1.0
-    a = node.attrs
-    if any(a["padding"]) and not a["count_include_pad"]:
-        raise InputError(f"{node.label()}: AvgPool2d with padding and count_include_pad=False has "
-                         "position-dependent divisors; fixed point needs count_include_pad=True")
-    return 1.0 / (a["kernel"][0] * a["kernel"][1])
 
 
 def _paths(graph: Graph, pop: Node):
     """Yield (edge node, path nodes from edge to pop exclusive, input index at the path's end)."""
     def walk(name, path):
         node = graph[name]
-        if node.kind == "align" or is_population(node):
+        if is_alignment(node) or is_population(node):
             yield node, path
             return
         for i in node.inputs:
@@ -82,25 +46,26 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8) -> Graph:
     graph.meta["input_exp"] = int(math.floor(math.log2((2 ** (input_bits - 1) - 1) / input_max)))
     graph.meta.update({"weight_bits": weight_bits, "input_bits": input_bits, "quantized": True})
 
+    input_unit = 2.0 ** -graph.meta["input_exp"]
     for pop in populations(graph):
-        if pop.kind == "input":
+        if not pop.inputs:
             continue
         # Real per-unit scale of each weighted op's input, and of each unweighted path.
         weighted: dict[str, tuple[Node, float, float]] = {}   # name -> (node, s_in, post)
         gains: list[tuple[Node, int, float]] = []              # (consumer, input idx, gain)
         for edge_node, path in _paths(graph, pop):
-            scale = edge_scale(graph, edge_node)
+            scale = edge_scale(graph, edge_node.name, input_unit)
             w_idx = next((k for k, n in enumerate(path) if kind_of(n).weighted), None)
             if w_idx is None:
-                total = scale * math.prod(pool_factor(n) for n in path)
+                total = scale * math.prod(kind_of(n).divisor(n) for n in path)
                 consumer = path[0] if path else pop
                 producer_name = edge_node.name
                 idx = consumer.inputs.index(producer_name)
                 gains.append((consumer, idx, total))
                 continue
             wnode = path[w_idx]
-            s_in = scale * math.prod(pool_factor(n) for n in path[:w_idx])
-            post = math.prod(pool_factor(n) for n in path[w_idx + 1:])
+            s_in = scale * math.prod(kind_of(n).divisor(n) for n in path[:w_idx])
+            post = math.prod(kind_of(n).divisor(n) for n in path[w_idx + 1:])
             if wnode.name in weighted and not math.isclose(weighted[wnode.name][1], s_in):
                 raise InputError(f"{wnode.label()}: inputs with different scales")
             weighted[wnode.name] = (wnode, s_in, post)
@@ -139,7 +104,7 @@ def _tree_bias(graph: Graph, pop: Node) -> np.ndarray:
     """The population's input current when every producer is silent (float64)."""
     values: dict[str, torch.Tensor] = {}
     for node in tree_nodes(graph, pop):
-        if node.kind == "align":
+        if is_alignment(node):
             values[node.name] = torch.zeros((1, *node.shape), dtype=torch.float64)
             continue
         xs = [values[i] if i in values else torch.zeros((1, *graph[i].shape), dtype=torch.float64)

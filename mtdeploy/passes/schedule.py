@@ -1,56 +1,87 @@
-"""Timing: each population's active window, latency and throughput (docs/semantics.md §4)."""
+"""Timing: each population's active window, latency and throughput (docs/semantics.md §4).
+
+The timing rule is stated once, in :func:`windows`: a population behind an alignment
+accumulator starts ``hop_steps`` after every such producer's window has closed (it needs the
+whole accumulated current); a streamed edge lets it start ``hop_steps`` after the producer's
+output steps begin (the tail of its window). ``hop_steps`` is the target's steps per synapse
+hop (a profile's ``timing.hop_steps``; Lava's Dense/Conv processes take 1).
+
+:func:`schedule` applies the rule to a converted graph and stores the result on it (each
+population's ``attrs["window"]``, ``graph.meta["schedule"]``); the Lava backend, the energy
+estimate, the checker and the reports read it from there.
+"""
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from mtdeploy.ir.graph import Graph
-from mtdeploy.ir.snn import incoming_edges, populations
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import incoming_edges, is_readout, is_source, populations
 
 
-def window_length(node) -> int:
-    """Steps a population is busy: T, or 2T for a TPP neuron (accumulate, then fire)."""
-    return 2 * node.T if node.attrs.get("neuron") == "tpp" else node.T
+def windows(order: Iterable[str], edges: Callable[[str], list[tuple[str, bool]]],
+            steps: Callable[[str], int], length: Callable[[str], int],
+            hop_steps: int) -> dict[str, tuple[int, int]]:
+    """``[start, end)`` of every population, in topological ``order``.
 
-
-def schedule(graph: Graph, hop_delay: int = 1) -> dict:
-    """Assign ``attrs.window = [start, end)`` to every population; return schedule.json's content.
-
-    A population behind alignment nodes starts once every producer's window has closed (it needs
-    the whole accumulated current); a streamed edge lets it start one hop after its producer.
+    ``edges(name)`` lists (producer, aligned) pairs; ``steps(name)`` is T (the output steps,
+    the tail of the window); ``length(name)`` the window (T, or 2T for TPP). A population
+    without producers (the input) occupies [0, length).
     """
-    windows: dict[str, tuple[int, int]] = {}
-    layers, aligns = [], []
-    for pop in populations(graph):
-        if pop.kind == "input":
-            windows[pop.name] = (0, 1)
-        else:
-            starts = []
-            for e in incoming_edges(graph, pop):
-                p_start, p_end = windows[e.producer]
-                out_start = p_end - graph[e.producer].T   # output steps: the window's tail
-                starts.append((p_end if e.align else out_start) + hop_delay)
-                if e.align:
-                    a = graph[e.align].attrs
-                    aligns.append({"node": e.align, "method": a["method"], "from": e.producer,
-                                   "to": pop.name, "t_in": a["t_in"], "t_out": a["t_out"]})
-            start = max(starts)
-            windows[pop.name] = (start, start + window_length(pop))
-        pop.attrs["window"] = list(windows[pop.name])
-        layers.append({"name": pop.name, "kind": pop.kind, "neuron": pop.attrs.get("neuron"),
-                       "T": pop.T, "window": list(windows[pop.name]), "origin": pop.origin,
-                       "producers": sorted({e.producer for e in incoming_edges(graph, pop)})
-                       if pop.kind != "input" else []})
-    spiking = [p for p in populations(graph) if p.kind not in ("input", "readout")]
-    ts = [p.T for p in spiking]
-    readout_end = windows[graph.output][1]
-    latency = {
-        "mean_T": sum(ts) / len(ts) if ts else 0.0,     # the papers' unweighted figure
-        "sum_T": sum(ts),
-        "max_T": max(ts) if ts else 0,
-        "sequential_steps": readout_end,                # one sample alone, hops included
-        "pipeline_interval_steps": max(window_length(p) for p in populations(graph)
-                                       if p.kind != "input"),
-        "hop_delay": hop_delay,
+    out: dict[str, tuple[int, int]] = {}
+    for name in order:
+        starts = [(out[p][1] if aligned else out[p][1] - steps(p)) + hop_steps
+                  for p, aligned in edges(name)]
+        start = max(starts, default=0)
+        out[name] = (start, start + length(name))
+    return out
+
+
+def latency(windows_: dict[str, tuple[int, int]], spiking_T: list[int], readout: str,
+            pipelined: list[int], hop_steps: int) -> dict:
+    """The latency figures: the papers' unweighted mean T, sum and max T, one sample's
+    sequential steps (hops included), and the pipelined interval (the longest window)."""
+    return {
+        "mean_T": sum(spiking_T) / len(spiking_T) if spiking_T else 0.0,
+        "sum_T": sum(spiking_T),
+        "max_T": max(spiking_T, default=0),
+        "sequential_steps": windows_[readout][1],
+        "pipeline_interval_steps": max(pipelined, default=0),
+        "hop_steps": hop_steps,
     }
-    sched = {"layers": layers, "alignment": aligns, "latency": latency,
-             "total_steps": readout_end}
-    graph.meta["schedule"] = {"hop_delay": hop_delay, "total_steps": readout_end}
-    return sched
+
+
+def schedule(graph: Graph, hop_steps: int = 1) -> dict:
+    """Assign ``attrs.window = [start, end)`` to every population; return schedule.json's content."""
+    pops = populations(graph)
+    edges = {p.name: incoming_edges(graph, p) for p in pops}
+    wins = windows([p.name for p in pops],
+                   lambda n: [(e.producer, e.align is not None) for e in edges[n]],
+                   lambda n: int(graph[n].T),
+                   lambda n: 1 if is_source(graph[n]) else kind_of(graph[n]).window_length(graph[n]),
+                   hop_steps)
+    layers, aligns = [], []
+    for pop in pops:
+        pop.attrs["window"] = list(wins[pop.name])
+        for e in edges[pop.name]:
+            if e.align:
+                a = graph[e.align].attrs
+                aligns.append({"node": e.align, "method": a["method"], "from": e.producer,
+                               "to": pop.name, "t_in": a["t_in"], "t_out": a["t_out"]})
+        layers.append({"name": pop.name, "kind": pop.kind, "neuron": pop.attrs.get("neuron"),
+                       "T": pop.T, "window": list(wins[pop.name]), "origin": pop.origin,
+                       "producers": sorted({e.producer for e in edges[pop.name]})})
+    spiking = [int(p.T) for p in pops if not (is_source(p) or is_readout(p))]
+    lat = latency(wins, spiking, graph.output,
+                  [w[1] - w[0] for n, w in wins.items() if not is_source(graph[n])], hop_steps)
+    total = wins[graph.output][1]
+    graph.meta["schedule"] = {"hop_steps": hop_steps, "total_steps": total}
+    return {"layers": layers, "alignment": aligns, "latency": lat, "total_steps": total}
+
+
+def scheduled(graph: Graph) -> dict:
+    """The stored schedule of a graph (``{"hop_steps", "total_steps"}``); schedules a converted
+    graph that has none yet (with one step per hop), so every reader sees one schedule."""
+    if "schedule" not in graph.meta or any("window" not in p.attrs for p in populations(graph)):
+        schedule(graph)
+    return graph.meta["schedule"]

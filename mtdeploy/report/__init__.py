@@ -5,13 +5,13 @@ import dataclasses
 
 from mtdeploy import __version__
 from mtdeploy.ir.graph import Graph
-from mtdeploy.ir.snn import incoming_edges, populations
+from mtdeploy.ir.snn import incoming_edges, is_source, populations
 
 
 def build_report(graph: Graph, sched: dict, check, target: str, options, seconds: float) -> dict:
     layers = []
     for pop in populations(graph):
-        if pop.kind == "input":
+        if is_source(pop):
             continue
         row = {"layer": pop.name, "kind": pop.kind, "origin": pop.origin,
                "neuron": pop.attrs.get("neuron", "-"), "T": pop.T, "neurons": pop.size,
@@ -72,7 +72,7 @@ def report_markdown(report: dict) -> str:
         kinds = ", ".join(f"{k} x{v}" for k, v in lava["processes_by_kind"].items())
         lines += ["", "## Lava process graph", "",
                   f"{lava['process_count']} processes ({kinds}); {lava['steps_per_sample']} "
-                  f"steps per sample, {lava['hop_delay']} step per synapse hop.", "",
+                  f"steps per sample, {lava['hop_steps']} step per synapse hop.", "",
                   "| layer | T | window | processes |", "|---|---|---|---|"]
         for layer in lava["layers"]:
             procs = ", ".join(f"{k} x{v}" for k, v in layer["processes"].items())

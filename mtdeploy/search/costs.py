@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import populations, tree_nodes
-
-# The papers' 45 nm convention (DESIGN.md §2): an accumulate per synaptic event, a
-# multiply-accumulate per analog input connection.
-E_AC_PJ = 0.9
-E_MAC_PJ = 4.6
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import is_alignment, is_source, populations, spiking_populations, tree_nodes
+from mtdeploy.metrics.energy import E_AC_45NM_PJ, E_MAC_45NM_PJ
+from mtdeploy.passes import convert
+from mtdeploy.targets.checker import check
+from mtdeploy.targets.profiles import load_profile
 
 
 def latency(levels: dict[str, int]) -> dict[str, float]:
@@ -37,17 +36,14 @@ class FanoutModel:
     """Per-neuron fan-out of every QCFS population, and the input layer's MACs per sample."""
 
     def __init__(self, graph: Graph):
-        from mtdeploy.passes import convert
-
         snn = convert(graph)
         self.fanout: dict[str, torch.Tensor] = {
-            n.name: torch.zeros(n.shape, dtype=torch.float64) for n in snn.of_kind("qcfs")}
+            n.name: torch.zeros(n.shape, dtype=torch.float64) for n in spiking_populations(snn)}
         self.input_macs = 0.0
         self._on_device: dict[tuple[str, str], torch.Tensor] = {}
         for pop in populations(snn):
-            if pop.kind == "input":
-                continue
-            self._add_tree(snn, pop)
+            if not is_source(pop):
+                self._add_tree(snn, pop)
 
     def _add_tree(self, snn: Graph, pop: Node) -> None:
         leaves: list[tuple[str, torch.Tensor]] = []
@@ -55,9 +51,9 @@ class FanoutModel:
         total = torch.zeros((), dtype=torch.float64)
         from_input = False
         for node in tree_nodes(snn, pop):
-            if node.kind == "align":
+            if is_alignment(node):
                 src = snn[node.inputs[0]]
-                from_input = from_input or src.kind == "input"
+                from_input = from_input or is_source(src)
                 leaf = torch.ones((1, *src.shape), dtype=torch.float64, requires_grad=True)
                 leaves.append((src.name, leaf))
                 values[node.name] = leaf
@@ -97,7 +93,7 @@ class FanoutModel:
 
     def energy_pj(self, synops_per_sample: float) -> float:
         """Energy per sample in the papers' convention: AC per event plus MACs on the input."""
-        return E_AC_PJ * synops_per_sample + E_MAC_PJ * self.input_macs
+        return E_AC_45NM_PJ * synops_per_sample + E_MAC_45NM_PJ * self.input_macs
 
 
 def spike_counts(activations: dict[str, torch.Tensor], levels: dict[str, int],
@@ -117,9 +113,6 @@ class CoreCounter:
     """
 
     def __init__(self, target: str):
-        from mtdeploy.targets.checker import check
-        from mtdeploy.targets.profiles import load_profile
-
         self._check = check
         self.profile = load_profile(target)
         self.target = target
@@ -128,7 +121,7 @@ class CoreCounter:
     def cores(self, graph: Graph) -> tuple[int, bool]:
         """(cores, fits the target) for an imported graph whose QCFS levels are the
         configuration to cost."""
-        key = tuple((n.name, int(n.attrs["levels"])) for n in graph.of_kind("qcfs"))
+        key = tuple((n.name, int(n.attrs["levels"])) for n in spiking_populations(graph))
         if key not in self._cache:
             report = self._check(graph, self.profile, strategy="greedy", suggest=False)
             self._cache[key] = (int(report.totals["cores"]), bool(report.fits))

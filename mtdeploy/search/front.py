@@ -7,7 +7,7 @@ same axes, so that a reader sees at once whether mixed timesteps buy anything.
 from __future__ import annotations
 
 from mtdeploy.io import atomic_path, write_json
-from mtdeploy.search.costs import E_AC_PJ
+from mtdeploy.metrics.energy import E_AC_45NM_PJ
 from mtdeploy.search.engine import SearchResult
 
 _AXES = [("mean_T", "mean T (papers' latency)"), ("sum_T", "sum T (layer-sequential steps)"),
@@ -58,10 +58,10 @@ def plot_front(result: SearchResult, path, title: str | None = None) -> None:
         if metric == "mean_T":
             ax.set_xscale("log", base=2)
         if metric == "synops":
-            macs_pj = result.chosen.costs["energy_pj"] - E_AC_PJ * result.chosen.costs["synops"]
+            macs_pj = result.chosen.costs["energy_pj"] - E_AC_45NM_PJ * result.chosen.costs["synops"]
             sec = ax.secondary_xaxis("top", functions=(
-                lambda s, m=macs_pj: E_AC_PJ * s + m,
-                lambda e, m=macs_pj: (e - m) / E_AC_PJ))
+                lambda s, m=macs_pj: E_AC_45NM_PJ * s + m,
+                lambda e, m=macs_pj: (e - m) / E_AC_45NM_PJ))
             sec.set_xlabel("energy per sample, pJ (0.9 pJ/AC, 4.6 pJ/MAC)", fontsize=8)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")

@@ -6,91 +6,22 @@ front end re-imports as the same IR. So every node whose kind has a torch module
 a real module of that type (``nn.Conv2d``, ``nn.Linear``, ``mtdeploy.nn.QCFS``, pools, flatten),
 which is what ``torch.jit.trace`` records and the front end recognises; kinds without a module
 type (``add``) run their registry entry's ``forward`` inline, which traces to plain aten ops.
-
-The registry has ``from_torch`` but no inverse, so ``_MODULE_CODECS`` below is that inverse (one
-builder and one write-back per module kind), kept here, in one table, rather than spread out.
+Each kind's ``to_module`` / ``write_back`` (the inverse of its ``from_torch``) builds and reads
+these modules.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from mtdeploy.errors import InputError
-from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.nn import QCFS
-
-
-def _f32(module_tensor: torch.Tensor) -> np.ndarray:
-    return module_tensor.detach().cpu().numpy().astype(np.float32).copy()
-
-
-def _build_conv(node: Node) -> nn.Module:
-    a = node.attrs
-    m = nn.Conv2d(a["in_channels"], a["out_channels"], tuple(a["kernel"]), tuple(a["stride"]),
-                  tuple(a["padding"]), tuple(a["dilation"]), a["groups"], bias=True)
-    with torch.no_grad():
-        m.weight.copy_(torch.as_tensor(node.params["weight"]))
-        m.bias.copy_(torch.as_tensor(node.params["bias"]))
-    return m
-
-
-def _build_linear(node: Node) -> nn.Module:
-    m = nn.Linear(node.attrs["in_features"], node.attrs["out_features"], bias=True)
-    with torch.no_grad():
-        m.weight.copy_(torch.as_tensor(node.params["weight"]))
-        m.bias.copy_(torch.as_tensor(node.params["bias"]))
-    return m
-
-
-def _write_weighted(module: nn.Module, node: Node) -> None:
-    node.params["weight"] = _f32(module.weight)
-    node.params["bias"] = _f32(module.bias)
-
-
-def _build_qcfs(node: Node) -> nn.Module:
-    return QCFS(int(node.attrs["levels"]), float(node.params["threshold"]))
-
-
-def _write_qcfs(module: QCFS, node: Node) -> None:
-    node.attrs["levels"] = int(module.levels)
-    node.params["threshold"] = np.asarray(float(module.threshold), np.float32)
-
-
-def _build_avgpool(node: Node) -> nn.Module:
-    a = node.attrs
-    if a.get("global"):
-        return nn.AdaptiveAvgPool2d(1)
-    return nn.AvgPool2d(tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]),
-                        count_include_pad=bool(a["count_include_pad"]))
-
-
-def _build_flatten(node: Node) -> nn.Module:
-    return nn.Flatten(1, -1)
-
-
-def _write_nothing(module: nn.Module, node: Node) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class _Codec:
-    build: Callable[[Node], nn.Module]
-    write_back: Callable[[nn.Module, Node], None]
-
-
-_MODULE_CODECS: dict[str, _Codec] = {
-    "conv": _Codec(_build_conv, _write_weighted),
-    "linear": _Codec(_build_linear, _write_weighted),
-    "qcfs": _Codec(_build_qcfs, _write_qcfs),
-    "avgpool": _Codec(_build_avgpool, _write_nothing),
-    "flatten": _Codec(_build_flatten, _write_nothing),
-}
+from mtdeploy.ir.graph import Graph
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import is_population, is_source
+from mtdeploy.nn import QCFS, save_traced
+from mtdeploy.passes.fold_bn import fold_batchnorm
 
 
 def _attribute_name(node_name: str, taken: set[str], owner: nn.Module) -> str:
@@ -119,30 +50,26 @@ class GraphModule(nn.Module):
         if graph.meta.get("converted"):
             raise InputError("GraphModule takes the imported (pre-conversion) graph, not a "
                              "converted MT-SNN graph")
-        if graph.of_kind("batchnorm"):
-            from mtdeploy.passes.fold_bn import fold_batchnorm
-
-            graph = fold_batchnorm(graph)
-        graph = graph.copy()
+        graph = fold_batchnorm(graph)
         graph.validate()
         self.graph = graph
         self._steps: list[tuple[str, str | None, tuple[str, ...]]] = []  # (node, submodule, inputs)
         self._qcfs: dict[str, str] = {}      # node name -> submodule name
         taken: set[str] = set(dict(self.named_children()))
         for node in graph:
-            role = kind_of(node).role
-            if role == "source":
+            kind = kind_of(node)
+            if is_source(node):
                 continue
-            if role == "timing" or node.kind == "readout":
+            if kind.role not in ("linear", "activation"):
                 raise InputError(f"{node.label()}: GraphModule takes pre-conversion graphs only")
-            codec = _MODULE_CODECS.get(node.kind)
+            module = kind.to_module(node)
             attr = None
-            if codec is not None:
+            if module is not None:
                 attr = _attribute_name(node.name, taken, self)
-                self.add_module(attr, codec.build(node))
-                if isinstance(getattr(self, attr), QCFS):
+                self.add_module(attr, module)
+                if isinstance(module, QCFS):
                     self._qcfs[node.name] = attr
-            elif role != "linear":
+            elif is_population(node):
                 raise InputError(f"{node.label()}: no torch form for node kind {node.kind!r}")
             self._steps.append((node.name, attr, tuple(node.inputs)))
         self._input = graph.input.name
@@ -214,7 +141,7 @@ class GraphModule(nn.Module):
         graph = self.graph.copy()
         for name, attr, _ in self._steps:
             if attr is not None:
-                _MODULE_CODECS[graph[name].kind].write_back(getattr(self, attr), graph[name])
+                kind_of(graph[name]).write_back(getattr(self, attr), graph[name])
         return graph
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
@@ -225,8 +152,6 @@ class GraphModule(nn.Module):
 
     def save_torchscript(self, path) -> None:
         """Write the traced module atomically (temp file, then rename), CPU and float32."""
-        from mtdeploy.nn import save_traced
-
         clone = GraphModule(self.to_graph())
         # No trace check: it would rerun the module only to compare it with itself.
         save_traced(clone, clone.example_input(), path, check_trace=False)

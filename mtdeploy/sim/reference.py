@@ -13,8 +13,8 @@ import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import incoming_edges, populations, tree_nodes
+from mtdeploy.kinds import kind_of
+from mtdeploy.ir.snn import incoming_edges, is_alignment, is_source, tree_nodes
 
 MODES = ("float", "fixed", "ann-int")
 
@@ -62,9 +62,9 @@ def _indicator_events(graph: Graph, pop: Node, counts: dict[str, torch.Tensor]) 
     values: dict[str, torch.Tensor] = {}
     total = 0.0
     for node in tree_nodes(graph, pop):
-        if node.kind == "align":
+        if is_alignment(node):
             src = graph[node.inputs[0]]
-            if src.kind == "input":
+            if is_source(src):
                 return 0.0  # analog input: MACs, not synaptic events
             values[node.name] = counts[src.name]
             continue
@@ -101,11 +101,8 @@ def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: 
             continue
         xs = [values[i] for i in node.inputs]
         if kind.role == "timing":
-            if mode == "ann-int":
-                values[node.name] = xs[0].sum(0, keepdim=True) if node.attrs["method"] == "avg-repeat" \
-                    else _reject_closed_form(node)
-            else:
-                values[node.name] = kind.resample(node, xs[0], fixed)
+            values[node.name] = kind.closed_form_input(node, xs[0]) if mode == "ann-int" \
+                else kind.resample(node, xs[0], fixed)
             continue
         xs = _apply_gains(node, xs, fixed)
         if kind.role == "linear":
@@ -116,26 +113,21 @@ def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: 
             current = current + torch.as_tensor(node.params["bias_int"], dtype=current.dtype)
         if mode == "ann-int":
             if current.shape[0] != 1:
-                _reject_closed_form(node)
+                raise InputError(f"{node.name}: the equally quantized ANN exists only with "
+                                 "avg-repeat alignment on every edge")
             out = kind.closed_form(node, current[0]).unsqueeze(0)
         else:
             out = kind.simulate(node, current, fixed, ctx)
         values[node.name] = out
-        if kind.name != "readout":
+        if node.name != graph.output:
             spikes = out if fixed else out / float(node.params["threshold"]) \
                 if "threshold" in node.params else out
             counts[node.name] = spikes.sum(0)
             if record and mode != "ann-int":
                 synops[node.name] = _indicator_events(graph, node, counts)
-    for pop in populations(graph):
-        if record and pop.kind == "readout" and mode != "ann-int":
-            synops[pop.name] = _indicator_events(graph, pop, counts)
+    if record and mode != "ann-int":
+        synops[graph.output] = _indicator_events(graph, graph[graph.output], counts)
     return values[graph.output][0], counts, synops, clipped
-
-
-def _reject_closed_form(node: Node):
-    raise InputError(f"{node.name}: the equally quantized ANN exists only with avg-repeat "
-                     "alignment on every edge")
 
 
 def simulate(graph: Graph, x, mode: str = "float", seed: int | None = None,

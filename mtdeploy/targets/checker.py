@@ -7,18 +7,14 @@ below and estimates energy and latency (mtdeploy.metrics.energy). A rule is a fu
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
 
 import numpy as np
 
-from mtdeploy.errors import DoesNotFitError
 from mtdeploy.ir.graph import Graph
-from mtdeploy.ir.kinds import kind_of
+from mtdeploy.kinds import kind_of
 from mtdeploy.metrics.energy import estimate
 from mtdeploy.passes.quantize import STATE_BITS
 from mtdeploy.targets.partition import Placement, partition
@@ -274,7 +270,7 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
     """
     start = time.perf_counter()
     profile = load_profile(profile)
-    net = extract(graph)
+    net = extract(graph, profile.hop_steps)
     cache: dict = {}
     findings, placement = _evaluate(graph, net, profile, spike_counts, strategy, cache)
     est = estimate(net, placement, profile, spike_counts)
@@ -297,18 +293,3 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
         report.smallest_fitting_profile = _smallest_fitting(graph, net, profile, spike_counts, cache)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def run_check(graph: Graph, target: str, json_output: bool, stream: TextIO) -> int:
-    """``mtdeploy check``: print the report (Markdown table or JSON); exit code 0 fits, 3 not."""
-    report = check(graph, target)
-    if json_output:
-        stream.write(json.dumps(report.to_json(), indent=1) + "\n")
-    else:
-        stream.write(report.to_markdown() + "\n")
-    return 0 if report.fits else DoesNotFitError.exit_code
-
-
-def check_command(model_graph: Graph, target: str, as_json: bool) -> int:
-    """``run_check`` on standard output."""
-    return run_check(model_graph, target, as_json, sys.stdout)

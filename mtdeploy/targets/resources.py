@@ -28,7 +28,9 @@ import numpy as np
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import dims3, kind_of
+from mtdeploy.ir.kind import dims3, kind_of
+from mtdeploy.ir.snn import is_population
+from mtdeploy.passes.schedule import windows
 
 Box = tuple  # ((key, lo, hi), (key, lo, hi), (key, lo, hi)): one per producer dim, see input_box
 
@@ -103,6 +105,8 @@ class Network:
     readout: str
     converted: bool
     meta: dict
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)   # [start, end) per population
+    hop_steps: int = 1
 
     def consumers(self, name: str) -> list[tuple[Population, Edge]]:
         return [(p, e) for p in self.populations.values() for e in p.edges if e.producer == name]
@@ -164,12 +168,10 @@ def _node_delay(node: Node) -> int:
     return int(max(np.max(v) for v in values))
 
 
-def _population_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph if kind_of(n).role in ("activation", "source")]
-
-
-def extract(graph: Graph) -> Network:
-    """The populations and edges of ``graph`` (converted or plain imported)."""
+def extract(graph: Graph, hop_steps: int = 1) -> Network:
+    """The populations and edges of ``graph`` (converted or plain imported), and their windows:
+    the graph's stored schedule when it was scheduled with ``hop_steps``, else the schedule's
+    rule (:func:`mtdeploy.passes.schedule.windows`) applied to the populations found here."""
     if any(not n.shape for n in graph):
         graph = graph.copy()
         graph.infer_shapes()
@@ -177,7 +179,7 @@ def extract(graph: Graph) -> Network:
     pops: dict[str, Population] = {}
     out = graph[graph.output]
     virtual_readout = kind_of(out).role == "linear"   # imported graph: the last linear op
-    for node in _population_nodes(graph) + ([out] if virtual_readout else []):
+    for node in [n for n in graph if is_population(n)] + ([out] if virtual_readout else []):
         source = kind_of(node).role == "source"
         if node.T is not None:
             T = int(node.T)
@@ -200,9 +202,16 @@ def extract(graph: Graph) -> Network:
         for e in pop.edges:
             if not converted or not e.t_in:
                 e.t_in = pops[e.producer].T
-        tpp = pop.node is not None and pop.node.attrs.get("neuron") == "tpp"
-        pop.window = pop.T * (2 if tpp else 1)
-    return Network(graph.name, pops, out.name, converted, dict(graph.meta))
+        node = pop.node
+        pop.window = kind_of(node).window_length(node) if pop.on_chip and node.T else (pop.T or 1)
+    net = Network(graph.name, pops, out.name, converted, dict(graph.meta))
+    net.hop_steps = hop_steps
+    stored = graph.meta.get("schedule", {}).get("hop_steps") == hop_steps and \
+        all("window" in p.node.attrs for p in pops.values())
+    net.windows = {n: tuple(p.node.attrs["window"]) for n, p in pops.items()} if stored else \
+        windows(pops, lambda n: [(e.producer, e.aligned) for e in pops[n].edges],
+                lambda n: pops[n].T, lambda n: pops[n].window, hop_steps)
+    return net
 
 
 @dataclass
@@ -221,7 +230,7 @@ def _walk(graph: Graph, pops, pop: Population, node: Node, box: Box, st: _PathSt
           converted: bool) -> None:
     """Follow ``pop``'s tree from ``node`` (whose output box is ``box``) back to producers."""
     kind = kind_of(node)
-    if kind.role in ("activation", "source") and node.name != pop.name:
+    if is_population(node) and node.name != pop.name:
         _record(pops, pop, node.name, box, st, converted)
         return
     if kind.role == "timing":

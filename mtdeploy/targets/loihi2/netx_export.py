@@ -33,11 +33,10 @@ import torch.nn.functional as F
 
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
-from mtdeploy.ir.snn import incoming_edges, populations, tree_nodes
-from mtdeploy.targets.loihi2.netx_schema import (ACT_SHIFT, BIAS_MAX, BIAS_MIN, DECAY_UNITY,
-                                                 NON_SPIKING_VTH, VTH_MAX, Finding, errors,
-                                                 validate_netx_layers)
+from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
+from mtdeploy.kinds.align import float_gain
+from mtdeploy.targets.loihi2.netx_kinds import neuron_group, synapse_fields
+from mtdeploy.targets.loihi2.netx_schema import ACT_SHIFT, Finding, errors, validate_netx_layers
 
 EXTENSION_FORMAT = "mtdeploy-netx"
 EXTENSION_VERSION = 1
@@ -57,48 +56,6 @@ class StockPlan:
     layers: list[dict]
     names: list[str]
     run: dict = field(default_factory=dict)
-
-
-# ---- populations as CUBA neurons (called by the kinds' netx_neuron) ----------------------
-def cuba_neuron(vth: int, i_decay: int = DECAY_UNITY, v_decay: int = 0) -> dict:
-    """A CUBA neuron group; refDelay/gradedSpike as slayer writes them (netx ignores both)."""
-    return {"type": "CUBA", "iDecay": int(i_decay), "vDecay": int(v_decay), "vThMant": int(vth),
-            "refDelay": 1, "gradedSpike": 0}
-
-
-def if_as_cuba(node: Node, drive: float, steps: int) -> tuple[dict, np.ndarray, bool]:
-    """An IF population (reset by subtraction, v >= th, v(0) = v_init) as a stock CUBA neuron."""
-    if node.attrs.get("neuron", "if") != "if":
-        raise InputError(f"{node.label()}: {node.attrs.get('neuron')} neurons (accumulate, then "
-                         "fire with a probability) have no stock NetX neuron")
-    th = int(node.attrs["threshold_int"])
-    bias = np.asarray(node.params["bias_int"], np.int64)
-    v0 = int(node.attrs.get("v_init_int", 0))
-    if steps == 1 and drive == 1:
-        # One step per window, so the reset mode never matters and the decision is
-        # I + d > 0 with d = bias + v0 - (th - 1) (v > th-1 is v >= th on integers). Any split
-        # d = bias' - vThMant is exact: keep vThMant = th - 1 - v0 unless the 13-bit bias
-        # mantissa needs part of it.
-        d = bias + v0 - (th - 1)
-        lo, hi = BIAS_MIN - int(d.min()), BIAS_MAX - int(d.max())
-        vth = int(np.clip(th - 1 - v0, max(lo, 0), max(min(hi, VTH_MAX), 0)))
-        return cuba_neuron(vth), d + vth, node.T == 1
-    # Streaming: the edge delivers 1/drive of mtdeploy's per-step units, so the neuron is scaled
-    # down by drive. v_init, which netx cannot set, is spread over the window as a bias (it adds
-    # v_init/T to the rate, as it adds v_init to the count), as far as the bias mantissa holds it.
-    scaled = np.round(bias / drive).astype(np.int64)
-    spread = np.round((bias + v0 / int(node.T)) / drive).astype(np.int64)
-    in_range = (scaled >= BIAS_MIN) & (scaled <= BIAS_MAX)
-    spread = np.where(in_range, np.clip(spread, BIAS_MIN, BIAS_MAX), scaled)
-    return cuba_neuron(max(0, int(round(th / drive)) - 1)), spread, False
-
-
-def readout_as_cuba(node: Node, drive: float, steps: int) -> tuple[dict, np.ndarray, bool]:
-    """The readout as a non-spiking, non-leaky accumulator: v/64 = sum over steps of I + bias."""
-    bias = np.asarray(node.params["bias_int"], np.int64)
-    if drive != 1:
-        bias = np.round(bias / drive).astype(np.int64)
-    return cuba_neuron(NON_SPIKING_VTH), bias, steps == 1
 
 
 # ---- projection trees as one synapse layer ----------------------------------------------
@@ -203,9 +160,9 @@ def _synapse(graph: Graph, pop: Node, key: str, spatial: bool) -> dict:
     or a dense matrix; every candidate is checked against the tree's own integer map."""
     in_shape = tuple(graph[key].shape)
     f = _tree_map(graph, pop, key)
-    body = [n for n in tree_nodes(graph, pop) if kind_of(n).role != "timing"]
+    body = [n for n in tree_nodes(graph, pop) if not is_alignment(n)]
     if len(body) == 1:
-        syn = kind_of(body[0]).to_netx(body[0])
+        syn = synapse_fields(body[0])
         if syn and syn["type"] == "conv" and spatial and _conv_matches(syn, f, in_shape, pop.shape):
             return syn
         if syn and syn["type"] == "dense" and _dense_matches(syn["weight"], f, in_shape):
@@ -263,9 +220,9 @@ def plan_netx(graph: Graph) -> StockPlan:
             continue
         edge = edges[0]
         align = graph[edge.align] if edge.align else None
-        drive = kind_of(align).rate_gain(align) if align is not None else 1.0
+        drive = 1.0 / float_gain(align.attrs) if align is not None else 1.0
         try:
-            neuron, bias, exact = kind_of(pop).netx_neuron(pop, drive, steps)
+            neuron, bias, exact = neuron_group(pop, drive, steps)
         except InputError as exc:
             findings.append(Finding("structure", str(exc), node=pop.label()))
             prev = pop

@@ -18,13 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import KINDS
-from mtdeploy.targets.loihi2.netx_schema import (ACT_SHIFT, DECAY_UNITY, NON_SPIKING_VTH,
-                                                 STATE_LIMIT, _scalar_int, _yx, extension_json,
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.serialize import graph_from_json
+from mtdeploy.ir.snn import is_readout
+from mtdeploy.targets.loihi2.netx_kinds import form_for_layer, form_for_neuron
+from mtdeploy.targets.loihi2.netx_schema import (DECAY_UNITY, NON_SPIKING_VTH, _scalar_int, _yx, extension_json,
                                                  read_netx_layers, stock_dense_weights,
                                                  validate_netx_layers)
 
@@ -72,7 +73,6 @@ def stock_run_settings(path) -> dict:
 
 # ---- the exact graph ----------------------------------------------------------------------
 def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
-    from mtdeploy.ir.graph import IR_FORMAT
     from mtdeploy.targets.loihi2.netx_export import EXTENSION_FORMAT, EXTENSION_VERSION, plan_netx
 
     fmt = ext.get("format")
@@ -87,23 +87,14 @@ def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
                          f"mtdeploy reads ({EXTENSION_VERSION}); upgrade mtdeploy")
     doc = extension_json(ext, "graph", path)
     params = ext.get("params", {})
-    try:
-        if doc.get("format") != IR_FORMAT:
-            raise InputError(f"{path}: /mtdeploy/graph is not an mtdeploy IR document")
-        g = Graph(doc["name"])
-        for i, nd in enumerate(doc["nodes"]):
-            stored = params.get(str(i), {})
-            node_params = {p: np.asarray(stored[p]) for p in nd["params"]}
-            g.add(Node(nd["name"], nd["kind"], list(nd["inputs"]), nd["attrs"], node_params,
-                       tuple(nd["shape"]), nd.get("origin", ""), nd.get("T")))
-        g.output = doc["output"]
-        g.meta = doc.get("meta", {})
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path}: the mtdeploy extension is incomplete or corrupt "
-                         f"({type(exc).__name__}: {exc})") from None
-    g.validate()
+    if not isinstance(params, dict):
+        raise InputError(f"{path}: the mtdeploy extension's params are corrupt")
+
+    def params_of(i: int, nd: dict) -> dict:
+        stored = params.get(str(i), {})
+        return {p: np.asarray(stored[p]) for p in nd["params"]}
+
+    g = graph_from_json(doc, params_of, f"{path}: /mtdeploy/graph")
     stock = extension_json(ext, "stock", path) if "stock" in ext else {}
     if isinstance(stock, dict) and stock.get("loadable") is False:
         if layers:
@@ -150,21 +141,6 @@ def _dict_difference(e: dict, a) -> str | None:
 
 
 # ---- the stock view -------------------------------------------------------------------------
-def _kind_for_layer(type_: str, path):
-    for kind in KINDS.values():
-        if kind.netx_layer_type == type_:
-            return kind
-    raise InputError(f"{path}: NetX layer type {type_!r} is not supported by mtdeploy")
-
-
-def _kind_for_neuron(neuron: dict, where: str):
-    for kind in KINDS.values():
-        if neuron.get("type") in kind.netx_neuron_types:
-            return kind
-    raise InputError(f"{where}: neuron type {neuron.get('type')!r} is not supported by mtdeploy "
-                     "(it reads CUBA neurons)")
-
-
 def _is_accumulator(neuron: dict, bias: np.ndarray) -> bool:
     """A layer that cannot spike within Lava's state range and whose v/64 is mtdeploy's readout
     accumulator: non-leaky v of a non-persistent current, or netx's default neuron (persistent
@@ -225,9 +201,9 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
             prev = _add(g, Node(f"layer{i}.flatten", "flatten", [prev.name], T=steps,
                                 origin="netx flattens (x,y,z) as C,H,W"))
         fields = _fields(layer, path, i)
-        kind = _kind_for_layer(type_, path)
-        attrs, params = kind.from_netx(fields)
-        lin = _add(g, Node(f"layer{i}", kind.name, [prev.name], attrs, params, T=steps,
+        kind_name, form = form_for_layer(type_, path)
+        attrs, params = form.read(fields)
+        lin = _add(g, Node(f"layer{i}", kind_name, [prev.name], attrs, params, T=steps,
                            origin=f"/layer/{i}"))
         neuron = {k: (v if k == "type" else _scalar_int(v))
                   for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
@@ -239,11 +215,11 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
         if i == blocks[-1] and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
             raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
                              "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
-        nkind = _kind_for_neuron(neuron, f"{path}: layer {i}")
-        attrs, params = nkind.from_netx({"neuron": neuron, "bias": bias, "shape": lin.shape})
-        prev = _add(g, Node(f"layer{i}.neuron", nkind.name, [lin.name], attrs, params, T=steps,
+        kind_name, form = form_for_neuron(neuron, f"{path}: layer {i}")
+        attrs, params = form.read({"neuron": neuron, "bias": bias, "shape": lin.shape})
+        prev = _add(g, Node(f"layer{i}.neuron", kind_name, [lin.name], attrs, params, T=steps,
                             origin=f"/layer/{i}/neuron"))
-    if prev.kind != "readout":
+    if not is_readout(prev):
         prev = _add(g, Node("readout", "readout", [prev.name], {"exp": 0},
                             {"bias_int": np.zeros(prev.shape, np.int64)}, T=steps,
                             origin="spike rate of the last layer"))
@@ -257,8 +233,6 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
 
 def _add(g: Graph, node: Node) -> Node:
     g.add(node)
-    from mtdeploy.ir.kinds import kind_of
-
     try:
         node.shape = tuple(int(s) for s in kind_of(node).infer_shape(
             node, [g[i].shape for i in node.inputs]))
@@ -283,36 +257,3 @@ def _fields(layer: dict, path, i: int) -> dict:
     return {"weight": w.reshape(w.shape[:4]), "stride": _yx(layer["stride"]),
             "padding": _yx(layer["padding"]), "dilation": _yx(layer["dilation"]),
             "groups": int(np.asarray(layer["groups"]).reshape(-1)[0])}
-
-
-# ---- CUBA LIF dynamics (kinds.CubaKind.simulate) -----------------------------------------
-def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """Lava's sign-magnitude decay: sign(x) * ((|x| * keep) >> 12)."""
-    return torch.sign(x) * torch.floor(x.abs() * keep / DECAY_UNITY)
-
-
-def cuba_lif(node: Node, current: torch.Tensor) -> torch.Tensor:
-    """Lava's fixed_pt LIF (PyLifModelBitAcc) from rest, in Lava's 2^6-scaled units.
-
-    u = decay(u, iDecay) + (a << 6), wrapping at 24 bits; v = decay(v, vDecay) + u +
-    (bias << 6), clipped to +-(2^23 - 1); spike when v > vThMant << 6, then v = 0.
-    ``current`` is the synaptic input a (T, N, ...); returns spikes (T, N, ...).
-    """
-    a = node.attrs
-    keep_u, keep_v = DECAY_UNITY - int(a["iDecay"]), DECAY_UNITY - int(a["vDecay"])
-    scale = float(2 ** ACT_SHIFT)
-    bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=current.dtype) * scale
-    vth = float(int(a["vThMant"]) << ACT_SHIFT)
-    wrap, limit = float(2 ** 23), float(STATE_LIMIT)
-    u = torch.zeros(current.shape[1:], dtype=current.dtype)
-    v = torch.zeros_like(u)
-    out = torch.empty_like(current)
-    for t in range(current.shape[0]):
-        u = _decay(u, keep_u) + current[t] * scale
-        u = torch.where(u > wrap, u - 2 * wrap, u)
-        u = torch.where(u <= -wrap, u + 2 * wrap, u)
-        v = (_decay(v, keep_v) + u + bias).clamp(-limit, limit)
-        s = v > vth
-        v = torch.where(s, torch.zeros_like(v), v)
-        out[t] = s.to(current.dtype)
-    return out

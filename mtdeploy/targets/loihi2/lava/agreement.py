@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from mtdeploy.ir.graph import Graph
-from mtdeploy.ir.snn import populations
+from mtdeploy.ir.snn import is_readout, is_source, populations
 from mtdeploy.sim.ann import ann_forward
 
-STAGES = ("ann", "float", "fixed", "lava")
 PAIRS = (("ann", "float"), ("float", "fixed"), ("fixed", "lava"))
 
 
@@ -44,9 +43,9 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
                                      record_counts=True)
     rows, seen_first = [], False
     for pop in populations(graph):
-        if pop.kind == "input":
+        if is_source(pop):
             continue
-        if pop.kind == "readout":
+        if is_readout(pop):
             series = {"ann": ann[graph.output], "float": flt.output, "fixed": fix.output,
                       "lava": lava_out}
         else:
@@ -60,7 +59,7 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
             frac, diff = _agree(series[a], series[b], exact=(a, b) == ("fixed", "lava"))
             row["agreement"][f"{a}-{b}"] = frac
             row["max_abs_diff"][f"{a}-{b}"] = diff
-        if pop.kind == "readout":
+        if is_readout(pop):
             row["argmax_agreement"] = {f"{a}-{b}": float(np.mean(series[a].argmax(1)
                                                                  == series[b].argmax(1)))
                                        for a, b in PAIRS}

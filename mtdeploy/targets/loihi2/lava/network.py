@@ -8,7 +8,8 @@ synapse is equivalent to the semantics' align-then-project (the projection is li
 invariant) and keeps every spike on the wire binary. Edges into one population meet in the
 neuron's input port, which sums them (residual adds).
 
-Timing comes from :func:`mtdeploy.passes.schedule` with ``hop_delay = SYNAPSE_HOP``: every Lava
+Timing is the graph's stored schedule (:func:`mtdeploy.passes.schedule`), whose ``hop_steps``
+must equal ``SYNAPSE_HOP``, the measured latency of Lava's synapse processes: every Lava
 synapse process sends the previous step's result (measured: a spike sent at step t reaches the
 next process at t+1, for Dense, Sparse and Conv; see tests/test_lava_processes.py), while the
 neuron and align processes here receive and send in the same step.
@@ -42,7 +43,9 @@ from lava.utils.weightutils import SignMode
 
 from mtdeploy.errors import InputError, MtdeployError
 from mtdeploy.ir.graph import Graph, Node
-from mtdeploy.ir.kinds import kind_of
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.kinds.align import edge_scale
+from mtdeploy.passes.schedule import scheduled
 from mtdeploy.ir.snn import incoming_edges, populations, tree_nodes
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
                                                          IFNeuron, Readout, SampleSource,
@@ -126,22 +129,6 @@ def _plain_conv(graph: Graph, pop: Node, key: str, entry: str) -> Node | None:
     return chain[0]
 
 
-def _float_edge_scale(graph: Graph, key: str) -> float:
-    """Real value of one unit entering the edge in float mode: the spike value th_P (or 1 for
-    the real-valued input) times the alignment's gain (1/t_in, t_out/t_in for TTM down)."""
-    node = graph[key]
-    producer = graph[node.inputs[0]] if node.kind == "align" else node
-    value = 1.0 if producer.kind == "input" else float(producer.params["threshold"])
-    if node.kind != "align":
-        return value
-    a = node.attrs
-    if a["method"] == "avg-repeat":
-        return value / a["t_in"]
-    if a["method"] == "ttm" and a["t_in"] > a["t_out"]:
-        return value * a["t_out"] / a["t_in"]
-    return value
-
-
 def _unbiased(node: Node) -> Node:
     if "bias" not in node.params:
         return node
@@ -184,7 +171,7 @@ def edge_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
     """
     in_shape, out_shape = graph[key].shape, pop.shape
     n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-    scale = 1.0 if fixed_point else _float_edge_scale(graph, key)
+    scale = 1.0 if fixed_point else edge_scale(graph, key, 1.0)
     step = max(1, min(n_in, chunk_entries // max(1, n_out)))
     rows, cols, vals = [], [], []
     for c0 in range(0, n_in, step):
@@ -270,7 +257,7 @@ class LavaNetwork:
         self.period = period
         self.seed = seed
         self.record_counts = record_counts
-        self.hop = SYNAPSE_HOP
+        self.hop = int(graph.meta["schedule"]["hop_steps"])
         self.source: SampleSource | None = None
         self.readout: Readout | None = None
         self.neurons: dict[str, Any] = {}
@@ -301,7 +288,7 @@ class LavaNetwork:
                           for e in info.edges]})
         return {"backend": "lava", "lava_version": _lava_version(),
                 "mode": "fixed_pt" if self.fixed_point else "floating_pt",
-                "hop_delay": self.hop, "steps_per_sample": self.period,
+                "hop_steps": self.hop, "steps_per_sample": self.period,
                 "samples": self.n_samples, "total_steps": self.period * self.n_samples,
                 "process_count": sum(totals.values()), "processes_by_kind": dict(totals),
                 "layers": layers}
@@ -509,14 +496,12 @@ def lower_to_lava(graph: Graph, fixed_point: bool = True, x=None, *, seed: int |
     ``seed`` is TPP's Bernoulli seed (default: the graph's). ``record_counts`` keeps per-sample
     spike counts of every population (for :func:`ladder`).
     """
-    from mtdeploy.passes.schedule import schedule
-
     if not graph.meta.get("converted"):
         raise InputError("lower_to_lava needs a converted graph (mtdeploy.passes.convert)")
     if fixed_point and not graph.meta.get("quantized"):
         raise InputError("fixed-point lowering needs a quantized graph (mtdeploy.passes.quantize)")
     g = graph.copy()
-    sched = schedule(g, hop_delay=SYNAPSE_HOP)
+    sched = scheduled(g)
     period = int(sched["total_steps"])
     seed = int(g.meta.get("seed", 0) if seed is None else seed)
     if x is None:
@@ -606,7 +591,7 @@ def _align(g: Graph, pop: Node, node: Node, shape, period):
     late and emits over the consumer's input steps (its window's head)."""
     producer = g[node.inputs[0]]
     p_end = int(producer.attrs["window"][1])
-    in_start = p_end - int(producer.T) + SYNAPSE_HOP
+    in_start = p_end - int(producer.T) + int(g.meta["schedule"]["hop_steps"])
     out_start = int(pop.attrs["window"][0])
     a = node.attrs
     name = f"{node.name}:{a['method']}"
@@ -623,7 +608,7 @@ def _align(g: Graph, pop: Node, node: Node, shape, period):
 def _stream_delay(g: Graph, pop: Node, producer: Node) -> int:
     """Steps a streamed edge must wait: the consumer starts at the latest of its inputs, which
     can be after this producer's first output step plus the synapse hop."""
-    first_out = int(producer.attrs["window"][1]) - int(producer.T) + SYNAPSE_HOP
+    first_out = int(producer.attrs["window"][1]) - int(producer.T) + int(g.meta["schedule"]["hop_steps"])
     delay = int(pop.attrs["window"][0]) - first_out
     if delay < 0:
         raise InputError(f"{pop.label()}: starts before its streamed input {producer.label()} "
@@ -641,7 +626,7 @@ def _connect_edge(g: Graph, pop: Node, key: str, entry: str | None, src_port, ds
     conv = _plain_conv(g, pop, key, entry) if entry is not None else None
     if conv is not None:
         w = conv.params["weight_int"] if fixed else \
-            conv.params["weight"].astype(np.float64) * _float_edge_scale(g, key)
+            conv.params["weight"].astype(np.float64) * edge_scale(g, key, 1.0)
         w = np.asarray(w)
         in_max = (2 ** (g.meta["input_bits"] - 1) - 1) if (graded and fixed) else 1
         per_out = np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max

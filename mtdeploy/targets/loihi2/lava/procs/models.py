@@ -13,7 +13,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from mtdeploy.sim import rng
+from mtdeploy.kinds import rng
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
                                                          IFNeuron, Readout, SampleSource,
                                                          TPPNeuron)

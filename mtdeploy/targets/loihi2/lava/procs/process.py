@@ -66,7 +66,7 @@ class IFNeuron(AbstractProcess):
 class TPPNeuron(AbstractProcess):
     """Two-phase probabilistic neuron: accumulate for T steps, then fire for T steps.
 
-    The Bernoulli draws come from :mod:`mtdeploy.sim.rng` keyed by (seed, ``population``,
+    The Bernoulli draws come from :mod:`mtdeploy.kinds.rng` keyed by (seed, ``population``,
     sample index + ``sample_offset``, phase-2 step k, ``neuron_ids``): ``neuron_ids`` holds each
     Lava-layout neuron's flat index in the IR's (C, H, W) order, so the draws equal the
     reference simulator's.

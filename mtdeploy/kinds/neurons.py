@@ -1,0 +1,233 @@
+"""Populations and their neurons: ``qcfs`` (a QCFS activation, run as IF or TPP neurons),
+``readout`` (the output accumulator) and ``cuba`` (Loihi's CUBA LIF, read from NetX files).
+
+A ``qcfs`` node's ``attrs["neuron"]`` names its neuron model in :data:`NEURONS`; each model is
+defined once here with its dynamics (semantics §2 float, §3 fixed point; bit-exact with the
+Lava ``fixed_pt`` processes) and its window. Tensors are time-major ``(T, N, *shape)`` float64;
+in fixed point they hold integers (exact in float64 far beyond the 24-bit state), so one code
+path serves both modes.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.kind import NodeKind, register
+from mtdeploy.kinds import rng
+from mtdeploy.nn import QCFS
+
+STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1    # the 24-bit membrane of semantics §3
+
+# Loihi's CUBA LIF as Lava's fixed_pt LIF computes it (lava.proc.lif, PyLifModelBitAcc).
+DECAY_UNITY = 4096          # decays are fractions of 4096
+ACT_SHIFT = 6               # LIF shifts a_in, bias_mant (bias_exp=6) and vth left by 6 bits
+STATE_LIMIT = 2 ** 23 - 1   # 24-bit u/v: v clips to +-STATE_LIMIT, u wraps
+
+
+def threshold_of(node, fixed_point: bool) -> float:
+    return float(node.attrs["threshold_int"]) if fixed_point else float(node.params["threshold"])
+
+
+# ---- neuron models of a qcfs population ---------------------------------------------------
+class NeuronModel:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    window_factor: ClassVar[int] = 1      # the window is window_factor * T steps
+
+    def simulate(self, node, current: torch.Tensor, fixed_point: bool, ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    def closed_form(self, node, current_int: torch.Tensor) -> torch.Tensor:
+        raise InputError(f"{node.label()}: {self.name} neurons have no closed form; the equally "
+                         "quantized ANN exists only for IF neurons")
+
+
+class IntegrateAndFire(NeuronModel):
+    """m(t) = v(t-1) + I(t); s(t) = [m(t) >= th]; v(t) = m(t) - th s(t); v(0) = v_init * th.
+    Output: spikes (fixed point) or th * spikes (float)."""
+
+    name = "if"
+    description = "integrate-and-fire, reset by subtraction (QCFS's exact SNN form)"
+
+    def simulate(self, node, current, fixed_point, ctx):
+        th = threshold_of(node, fixed_point)
+        v0 = float(node.attrs["v_init_int"]) if fixed_point else node.attrs.get("v_init", 0.5) * th
+        v = torch.full(current.shape[1:], v0, dtype=current.dtype, device=current.device)
+        out = torch.empty_like(current)
+        for t in range(current.shape[0]):
+            m = v + current[t]
+            s = (m >= th).to(current.dtype)
+            v = m - th * s
+            if fixed_point:
+                v = v.clamp(STATE_MIN, STATE_MAX)
+            out[t] = s if fixed_point else s * th
+        return out
+
+    def closed_form(self, node, current_int):
+        """Spikes under a constant integer current for T steps: clip(floor((T I + v0)/th), 0, T)."""
+        th = float(node.attrs["threshold_int"])
+        t = node.T
+        return torch.clamp(torch.floor((t * current_int + node.attrs["v_init_int"]) / th), 0, t)
+
+
+class TwoPhaseProbabilistic(NeuronModel):
+    """Accumulate for T steps, then fire for T steps. Phase 2, step k = 1..T:
+    p = clip(v / (th (T - k + 1)), 0, 1); s ~ Bernoulli(p); v -= th s. (The remaining charge
+    over the remaining steps' capacity: the expected count is v/th clipped to T, and the last
+    step fires whenever v >= th remains.) Draws come from :mod:`mtdeploy.kinds.rng`."""
+
+    name = "tpp"
+    description = "two-phase probabilistic (accumulate T steps, then fire T steps)"
+    window_factor = 2
+
+    def simulate(self, node, current, fixed_point, ctx):
+        th = threshold_of(node, fixed_point)
+        t_steps = current.shape[0]
+        v = current.sum(0)
+        neuron = np.arange(int(np.prod(v.shape[1:])), dtype=np.int64)
+        samples = np.asarray(ctx["sample_ids"], dtype=np.int64)[:, None]
+        out = torch.empty_like(current)
+        for k in range(1, t_steps + 1):
+            r = torch.from_numpy(rng.uniform_int(ctx["seed"], node.name, samples, k, neuron[None, :])
+                                 ).reshape(v.shape).to(current.dtype).to(current.device)
+            remaining = t_steps - k + 1
+            if fixed_point:
+                s = (r * (remaining * th) < v * float(2 ** rng.UNIFORM_BITS)).to(current.dtype)
+            else:
+                p = torch.clamp(v / (th * remaining), 0.0, 1.0)
+                s = (r / float(2 ** rng.UNIFORM_BITS) < p).to(current.dtype)
+            v = v - th * s
+            out[k - 1] = s if fixed_point else s * th
+        return out
+
+
+NEURONS: dict[str, NeuronModel] = {m.name: m for m in (IntegrateAndFire(), TwoPhaseProbabilistic())}
+
+
+def neuron_of(node) -> NeuronModel:
+    name = node.attrs.get("neuron", "if")
+    try:
+        return NEURONS[name]
+    except KeyError:
+        raise InputError(f"{node.label()}: unknown neuron model {name!r}; known: "
+                         f"{', '.join(NEURONS)}") from None
+
+
+# ---- population kinds -------------------------------------------------------------------
+@register
+class QCFSKind(NodeKind):
+    name = "qcfs"
+    role = "activation"
+    torch_types = (QCFS,)
+    description = "QCFS activation; becomes a population of spiking neurons with T = levels"
+
+    def from_torch(self, m):
+        return {"levels": int(m.levels)}, {"threshold": np.asarray(float(m.threshold), np.float32)}
+
+    def from_script(self, sm):
+        threshold = float(sm.threshold)
+        levels = int(sm.levels) if hasattr(sm, "levels") else _probe_qcfs_levels(sm, threshold)
+        eager = QCFS(levels, threshold)
+        eager.load_state_dict(sm.state_dict())
+        return eager.eval()
+
+    def to_module(self, node):
+        return QCFS(int(node.attrs["levels"]), float(node.params["threshold"]))
+
+    def write_back(self, module, node):
+        node.attrs["levels"] = int(module.levels)
+        node.params["threshold"] = np.asarray(float(module.threshold), np.float32)
+
+    def forward(self, node, x):
+        lam = float(node.params["threshold"])
+        levels = node.attrs["levels"]
+        return torch.clamp(torch.floor(x * (levels / lam) + 0.5), 0, levels) * (lam / levels)
+
+    def simulate(self, node, current, fixed_point, ctx):
+        return neuron_of(node).simulate(node, current, fixed_point, ctx)
+
+    def closed_form(self, node, current_int):
+        return neuron_of(node).closed_form(node, current_int)
+
+    def window_length(self, node):
+        return neuron_of(node).window_factor * int(node.T)
+
+
+def _probe_qcfs_levels(sm, threshold: float) -> int:
+    """A traced QCFS keeps ``levels`` only as a baked constant; count its output steps instead.
+
+    The output takes the values k*threshold/levels, k = 0..levels; a grid finer than any step
+    between -0.25 and 1.25 thresholds visits all of them (levels up to ~10^4).
+    """
+    grid = torch.linspace(-0.25, 1.25, 2 ** 14 + 1) * threshold
+    with torch.no_grad():
+        out = sm._c._get_method("forward")(grid.view(1, -1, 1, 1))
+    return max(1, int(torch.unique(out).numel()) - 1)
+
+
+@register
+class ReadoutKind(NodeKind):
+    name = "readout"
+    role = "readout"
+    description = ("the output population: accumulates the last layer's current over its window; "
+                   "its value is the mean current, in the ANN's logit units")
+
+    def forward(self, node, x):
+        return x                     # the ANN view: the logits themselves
+
+    def simulate(self, node, current, fixed_point, ctx):
+        """Mean current over the window, in the ANN's units: shape (1, N, ...)."""
+        mean = current.sum(0) / current.shape[0]
+        if fixed_point:
+            mean = mean * 2.0 ** -node.attrs["exp"]
+        return mean.unsqueeze(0)
+
+    def closed_form(self, node, current_int):
+        return self.simulate(node, current_int[None], True, {})[0]
+
+
+@register
+class CubaKind(NodeKind):
+    name = "cuba"
+    role = "activation"
+    description = ("a Loihi CUBA LIF population as NetX/Lava define it (read from NetX files): "
+                   "decays in 1/4096, reset to zero, spikes when v > vThMant; bit-exact with "
+                   "Lava's fixed_pt LIF")
+
+    def simulate(self, node, current, fixed_point, ctx):
+        """Lava's fixed_pt LIF from rest, in Lava's 2^6-scaled units.
+
+        u = decay(u, iDecay) + (a << 6), wrapping at 24 bits; v = decay(v, vDecay) + u +
+        (bias << 6), clipped to +-(2^23 - 1); spike when v > vThMant << 6, then v = 0.
+        ``current`` is the synaptic input a (T, N, ...); returns spikes (T, N, ...).
+        """
+        a = node.attrs
+        keep_u, keep_v = DECAY_UNITY - int(a["iDecay"]), DECAY_UNITY - int(a["vDecay"])
+        scale = float(2 ** ACT_SHIFT)
+        bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=current.dtype,
+                               device=current.device) * scale
+        vth = float(int(a["vThMant"]) << ACT_SHIFT)
+        wrap, limit = float(2 ** 23), float(STATE_LIMIT)
+        u = torch.zeros(current.shape[1:], dtype=current.dtype, device=current.device)
+        v = torch.zeros_like(u)
+        out = torch.empty_like(current)
+        for t in range(current.shape[0]):
+            u = _decay(u, keep_u) + current[t] * scale
+            u = torch.where(u > wrap, u - 2 * wrap, u)
+            u = torch.where(u <= -wrap, u + 2 * wrap, u)
+            v = (_decay(v, keep_v) + u + bias).clamp(-limit, limit)
+            s = v > vth
+            v = torch.where(s, torch.zeros_like(v), v)
+            out[t] = s.to(current.dtype)
+        return out
+
+    def closed_form(self, node, current_int):
+        raise InputError(f"{node.label()}: a CUBA LIF population has no closed form; simulate it")
+
+
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Lava's sign-magnitude decay: sign(x) * ((|x| * keep) >> 12)."""
+    return torch.sign(x) * torch.floor(x.abs() * keep / DECAY_UNITY)
