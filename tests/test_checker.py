@@ -13,7 +13,8 @@ import pytest
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.cli import run_check
-from mtdeploy.targets.checker import Finding, check
+from mtdeploy.findings import Finding
+from mtdeploy.targets.checker import check
 from mtdeploy.targets.profiles import load_profile
 
 

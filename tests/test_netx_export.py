@@ -16,7 +16,8 @@ from mtdeploy.targets.loihi2.netx_export import (EXTENSION_VERSION, build_networ
                                                  netx_findings, plan_netx, readout_logits,
                                                  write_netx)
 from mtdeploy.targets.loihi2.netx_import import read_netx, stock_run_settings
-from mtdeploy.targets.loihi2.netx_schema import errors, read_netx_layers, validate_netx_file
+from mtdeploy.findings import errors
+from mtdeploy.targets.loihi2.netx_schema import read_netx_layers, validate_netx_file
 from mtdeploy.testing import random_cnn, random_mlp, random_residual
 
 BUILDERS = {"mlp": random_mlp, "cnn": random_cnn}
@@ -178,7 +179,7 @@ def test_corrupt_bytes_are_input_errors(good_file, tmp_path):
     for name, path in _corrupt_cases(good_file.read_bytes(), tmp_path):
         with pytest.raises(InputError, match="not a readable NetX"):
             read_netx(path)
-        assert validate_netx_file(path)[0].kind == "structure", name
+        assert validate_netx_file(path)[0].rule == "structure", name
 
 
 def _edit(src, dst, edit):

@@ -5,8 +5,8 @@ import copy
 import numpy as np
 import pytest
 
-from mtdeploy.targets.loihi2.netx_schema import (Finding, errors, stock_dense_weights,
-                                                 validate_netx_layers)
+from mtdeploy.findings import Finding, errors
+from mtdeploy.targets.loihi2.netx_schema import stock_dense_weights, validate_netx_layers
 
 
 def cuba(vth=100, i_decay=4096, v_decay=0):
@@ -82,7 +82,7 @@ def test_each_rule_fires_and_names_the_layer(index, change, kind, words):
     findings = validate_netx_layers(_break(index, change), names=["in", "c1", "c2", "fl", "d1", "out"])
     hits = [f for f in findings if words in f.message]
     assert hits, [str(f) for f in findings]
-    assert hits[0].kind == kind and hits[0].severity == "error"
+    assert hits[0].rule == kind and hits[0].severity == "error"
     assert hits[0].node.startswith(f"layer {index} ")
 
 
@@ -109,7 +109,7 @@ def test_worst_case_current_is_a_warning():
     layers = good_layers()
     layers[1]["weight"] = np.full((2, 1, 3, 3), 250)
     findings = validate_netx_layers(layers, input_message_bits=16)
-    assert any(f.kind == "risk" and "24-bit current" in f.message for f in findings)
+    assert any(f.rule == "risk" and "24-bit current" in f.message for f in findings)
     assert not any("24-bit current" in f.message
                    for f in validate_netx_layers(good_layers(), input_message_bits=8))
 
@@ -127,8 +127,8 @@ def test_checker_never_raises_on_garbage():
             layer[key] = garbage[int(rng.integers(len(garbage)))]
         findings = validate_netx_layers(layers)
         assert all(isinstance(f, Finding) for f in findings)
-    assert validate_netx_layers("not a list")[0].kind == "structure"
-    assert validate_netx_layers([None, 5])[0].kind == "structure"
+    assert validate_netx_layers("not a list")[0].rule == "structure"
+    assert validate_netx_layers([None, 5])[0].rule == "structure"
 
 
 def test_stock_dense_weights_keep_int8_mixed_and_excitatory_matrices_exact():

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mtdeploy.findings import SEVERITIES, Finding
 from mtdeploy.ir.graph import Graph
 from mtdeploy.kinds import kind_of
 from mtdeploy.metrics.energy import estimate
@@ -21,26 +22,12 @@ from mtdeploy.targets.partition import Placement, partition
 from mtdeploy.targets.profiles import Profile, list_profiles, load_profile
 from mtdeploy.targets.resources import RESOURCES, Network, extract, limits
 
-SEVERITIES = ("error", "warning", "info")
 # per-core resources: rule name, unit divisor (bits -> bytes), unit
 _CORE_RULES = {"neurons": ("neurons_per_core", 1, "neurons"),
                "state_bits": ("state_memory", 8, "bytes"),
                "synaptic_bits": ("synaptic_memory", 8, "bytes"),
                "fan_in": ("fan_in", 1, "axons"),
                "fan_out": ("fan_out", 1, "axons")}
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    node: str | None          # the layer's node.label(); None: the whole network
-    message: str
-    used: float | None = None
-    limit: float | None = None
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        return f"[{self.severity}] {self.rule}: {self.message}"
 
 
 @dataclass

@@ -36,7 +36,8 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
 from mtdeploy.targets.loihi2.netx_kinds import neuron_group, synapse_fields
-from mtdeploy.targets.loihi2.netx_schema import ACT_SHIFT, Finding, errors, validate_netx_layers
+from mtdeploy.findings import Finding, errors
+from mtdeploy.targets.loihi2.netx_schema import ACT_SHIFT, validate_netx_layers
 
 EXTENSION_FORMAT = "mtdeploy-netx"
 EXTENSION_VERSION = 1
@@ -213,9 +214,9 @@ def plan_netx(graph: Graph) -> StockPlan:
         producers = sorted({e.producer for e in edges})
         if len(edges) != 1 or producers != [prev.name]:
             findings.append(Finding(
-                "structure", f"reads from {producers} (expected only {prev.name!r}): stock NetX is "
+                "structure", pop.label(), f"reads from {producers} (expected only {prev.name!r}): stock NetX is "
                 "a chain in which each layer reads the layer before it; residual adds, "
-                "concatenations and skip connections are not expressible", node=pop.label()))
+                "concatenations and skip connections are not expressible"))
             prev = pop
             continue
         edge = edges[0]
@@ -224,7 +225,7 @@ def plan_netx(graph: Graph) -> StockPlan:
         try:
             neuron, bias, exact = neuron_group(pop, drive, steps)
         except InputError as exc:
-            findings.append(Finding("structure", str(exc), node=pop.label()))
+            findings.append(Finding("structure", pop.label(), str(exc)))
             prev = pop
             continue
         syn = _synapse(graph, pop, edge.align or edge.producer, spatial)
@@ -246,8 +247,8 @@ def plan_netx(graph: Graph) -> StockPlan:
         spatial = syn["type"] == "conv"
         prev = pop
     if prev.name != graph.output:
-        findings.append(Finding("structure", "the readout is not the last population of the chain",
-                                node=graph[graph.output].label()))
+        findings.append(Finding("structure", graph[graph.output].label(),
+                                "the readout is not the last population of the chain"))
     if findings:
         raise DoesNotFitError(_message("the network has no stock NetX form", findings), findings)
     readout = graph[graph.output]

@@ -167,7 +167,7 @@ def _bias_chw(layer: dict, out_shape: tuple[int, ...]) -> np.ndarray:
 
 def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
     problems = [f for f in validate_netx_layers(layers)
-                if f.severity == "error" and f.kind == "structure"]
+                if f.severity == "error" and f.rule == "structure"]
     if problems:
         raise InputError(f"{path}: not a NetX network the stock loader builds:\n"
                          + "\n".join(f"  - {f}" for f in problems))

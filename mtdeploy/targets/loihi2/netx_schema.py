@@ -20,13 +20,13 @@ geometry in (y, x) order, ``delay`` and a ``neuron`` dict. Findings carry a ``ki
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtdeploy.errors import InputError
+from mtdeploy.findings import Finding
 
 # Layer types netx builds; types whose create_* raises; anything else is skipped silently.
 BUILT_TYPES = ("input", "dense", "dense_rec", "conv", "flatten")
@@ -42,19 +42,6 @@ DECAY_UNITY = 4096                      # decays are fractions of 4096
 DELAY_MAX = 62
 CONV_WEIGHT_MIN, CONV_WEIGHT_MAX = -256, 255   # Conv ignores weight_exp: the 8-bit mantissa + sign
 NON_SPIKING_VTH = VTH_MAX               # an accumulator's threshold: unreachable within |v| <= 2^17-1
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem with one layer; never raised by the checker itself."""
-
-    kind: str            # structure | range | risk
-    message: str
-    severity: str = "error"
-    node: str | None = None   # "layer <i>" plus the mtdeploy node it stands for, when known
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.node + ': ' if self.node else ''}{self.message}"
 
 
 # ---- value conversions the stock loader applies ------------------------------------------
@@ -156,7 +143,7 @@ class _Checker:
         self.where = f"layer {i} ({type_}{extra})"
 
     def add(self, kind: str, message: str, severity: str = "error") -> None:
-        self.findings.append(Finding(kind, message, severity, self.where))
+        self.findings.append(Finding(kind, self.where, message, severity=severity))
 
 
 def validate_netx_layers(layers: list[dict], names: list[str] | None = None,
@@ -550,7 +537,7 @@ def validate_netx_file(path, input_message_bits: int | None = None) -> list[Find
     try:
         layers, ext = read_netx_layers(path)
     except InputError as exc:
-        return [Finding("structure", str(exc))]
+        return [Finding("structure", None, str(exc))]
     bits = input_message_bits
     if ext is not None:
         try:
@@ -558,9 +545,5 @@ def validate_netx_file(path, input_message_bits: int | None = None) -> list[Find
             bits = stock.get("input_message_bits", 0) if bits is None else bits
         except InputError as exc:
             return validate_netx_layers(layers, input_message_bits=bits or 0) + \
-                [Finding("structure", str(exc), node="/mtdeploy")]
+                [Finding("structure", "/mtdeploy", str(exc))]
     return validate_netx_layers(layers, input_message_bits=bits or 0)
-
-
-def errors(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.severity == "error"]
