@@ -19,7 +19,7 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (or F), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected C,H,W, C,L or F, got {text!r}") from None
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
     return dims

@@ -196,7 +196,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def parse_input_shape(shape) -> tuple[int, ...]:
-    """'1,28,28' or (1, 28, 28) -> (1, 28, 28): one sample, no batch axis, CHW or (features,)."""
+    """'1,28,28' or (1, 28, 28) -> (1, 28, 28): one sample, no batch axis: CHW, CL or (features,)."""
     if isinstance(shape, str):
         parts = [p for p in shape.replace("x", ",").split(",") if p.strip()]
         try:
@@ -208,9 +208,9 @@ def parse_input_shape(shape) -> tuple[int, ...]:
             dims = tuple(int(d) for d in shape)
         except (TypeError, ValueError):
             raise InputError(f"input shape {shape!r}: expected a sequence of integers") from None
-    if len(dims) not in (1, 3) or min(dims, default=0) < 1:
-        raise InputError(f"input shape {dims}: expected C,H,W (images) or F (vectors), "
-                         "positive, without the batch axis")
+    if len(dims) not in (1, 2, 3) or min(dims, default=0) < 1:
+        raise InputError(f"input shape {dims}: expected C,H,W (images), C,L (signals) or F "
+                         "(vectors), positive, without the batch axis")
     return dims
 
 

@@ -115,3 +115,12 @@ class ConvKind(_Convolution):
     module_type = nn.Conv2d
     torch_types = (nn.Conv2d,)
     description = "2-D convolution (stride, padding, dilation, groups), OIHW weights"
+
+
+@register
+class Conv1dKind(_Convolution):
+    name = "conv1d"
+    spatial = 1
+    module_type = nn.Conv1d
+    torch_types = (nn.Conv1d,)
+    description = "1-D convolution over (C, L) signals (stride, padding, dilation, groups), OIL weights"

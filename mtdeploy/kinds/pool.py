@@ -121,3 +121,13 @@ class AvgPoolKind(_AveragePool):
     torch_types = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
     script_op = "aten::avg_pool2d"
     description = "2-D average pooling (AdaptiveAvgPool2d only to 1x1, as a global pool)"
+
+
+@register
+class AvgPool1dKind(_AveragePool):
+    name = "avgpool1d"
+    spatial = 1
+    pool_type, adaptive_type = nn.AvgPool1d, nn.AdaptiveAvgPool1d
+    torch_types = (nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+    script_op = "aten::avg_pool1d"
+    description = "1-D average pooling over (C, L) (AdaptiveAvgPool1d only to 1, as a global pool)"
