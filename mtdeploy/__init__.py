@@ -7,6 +7,8 @@ from mtdeploy import kinds  # noqa: E402,F401  (registers every node kind with t
 
 def compile(model, input_shape=None, target="loihi2", **options):  # noqa: A001 - mirrors the CLI verb
     """Compile a QCFS model (module, path, or IR graph) for ``target``; see :mod:`mtdeploy.api`."""
+    # Imported on first use: the API pulls in every backend, and modules below it read
+    # __version__ from this package.
     from mtdeploy.api import compile_model
 
     return compile_model(model, input_shape=input_shape, target=target, **options)

@@ -10,6 +10,8 @@ import json
 import torch
 from torch import nn
 
+from mtdeploy.io import atomic_path
+
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:
     """floor(x) in the forward pass, identity gradient in the backward pass.
@@ -59,8 +61,6 @@ def save_traced(model: nn.Module, example_input: torch.Tensor, path,
     shape (one sample, no batch axis) goes into the archive's ``mtdeploy.json``, so compile
     finds it; the file is written atomically (temp file, then rename).
     """
-    from mtdeploy.io import atomic_path
-
     was_training = model.training
     model.eval()
     try:

@@ -280,6 +280,96 @@ def place_greedy(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int) 
     return np.arange(traffic.shape[0]) // cores_per_chip
 
 
+class _FMState:
+    """A placement under refinement: each core's chip, the traffic of each core to each chip
+    (``conn``), and each core's best single move (``best_chip``/``best_gain``), kept current
+    around every moved core."""
+
+    def __init__(self, traffic: sparse.csr_matrix, part: np.ndarray, n_chips: int):
+        n = len(part)
+        self.part = part
+        self.adj = (traffic + traffic.T).tocsr()
+        self.adj.setdiag(0)
+        self.adj.eliminate_zeros()
+        self.size = np.bincount(part, minlength=n_chips)
+        self.conn = np.asarray((self.adj @ sparse.csr_matrix(
+            (np.ones(n), (np.arange(n), part)), shape=(n, n_chips))).todense())
+        self.best_gain = np.empty(n)
+        self.best_chip = np.empty(n, np.int64)
+        self.refresh(np.arange(n))
+
+    def refresh(self, idx: np.ndarray) -> None:
+        g = self.conn[idx] - self.conn[idx, self.part[idx]][:, None]
+        g[np.arange(len(idx)), self.part[idx]] = -np.inf
+        self.best_chip[idx] = g.argmax(1)
+        self.best_gain[idx] = g[np.arange(len(idx)), self.best_chip[idx]]
+
+    def move(self, i: int, b: int) -> None:
+        a = self.part[i]
+        row = slice(self.adj.indptr[i], self.adj.indptr[i + 1])
+        idx, w = self.adj.indices[row], self.adj.data[row]
+        self.conn[idx, a] -= w
+        self.conn[idx, b] += w
+        self.size[a] -= 1
+        self.size[b] += 1
+        self.part[i] = b
+        self.refresh(np.append(idx, i))
+
+    def weight(self, i: int, js: np.ndarray) -> np.ndarray:
+        row = slice(self.adj.indptr[i], self.adj.indptr[i + 1])
+        lookup = dict(zip(self.adj.indices[row].tolist(), self.adj.data[row].tolist()))
+        return np.array([lookup.get(int(j), 0.0) for j in js])
+
+    def best_step(self, locked: np.ndarray, cores_per_chip: int, candidates: int):
+        """(gain, moves) of the best move into a chip with a free slot or swap between chips
+        among unlocked cores; moves is None when nothing can move."""
+        part, conn, n = self.part, self.conn, len(self.part)
+        best = (-np.inf, None)
+        free = np.flatnonzero(self.size < cores_per_chip)
+        open_ = np.flatnonzero(~locked)
+        if len(free):
+            g = conn[np.ix_(open_, free)] - conn[open_, part[open_]][:, None]
+            g[part[open_][:, None] == free[None, :]] = -np.inf
+            k = np.unravel_index(np.argmax(g), g.shape)
+            if np.isfinite(g[k]):
+                best = (g[k], ((open_[k[0]], free[k[1]]),))
+        gains = np.where(locked, -np.inf, self.best_gain)
+        for i in np.argpartition(gains, -min(candidates, n))[-min(candidates, n):]:
+            if not np.isfinite(gains[i]):
+                continue
+            a, b = part[i], self.best_chip[i]
+            mates = np.flatnonzero((part == b) & ~locked)
+            if not len(mates):
+                continue
+            g2 = gains[i] + conn[mates, a] - conn[mates, b] - 2 * self.weight(i, mates)
+            k = int(np.argmax(g2))
+            if g2[k] > best[0]:
+                best = (g2[k], ((i, b), (mates[k], a)))
+        return best
+
+    def fm_pass(self, cores_per_chip: int, patience: int, candidates: int, max_steps: int) -> float:
+        """One Fiduccia-Mattheyses pass; keeps its best prefix and returns that prefix's gain."""
+        locked = np.zeros(len(self.part), bool)
+        history: list[tuple[int, int]] = []      # (core, chip it came from)
+        total, best_total, best_len, since_best = 0.0, 0.0, 0, 0
+        while not locked.all() and since_best < patience and len(history) < 2 * max_steps:
+            gain, moves = self.best_step(locked, cores_per_chip, candidates)
+            if moves is None:
+                break
+            for i, b in moves:
+                history.append((int(i), int(self.part[i])))
+                self.move(int(i), int(b))
+                locked[i] = True
+            total += gain
+            if total > best_total + 1e-9:
+                best_total, best_len, since_best = total, len(history), 0
+            else:
+                since_best += 1
+        for i, a in reversed(history[best_len:]):
+            self.move(i, a)
+        return best_total
+
+
 @register_strategy("fm")
 def place_fm(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int,
              max_passes: int = 10, patience: int = 200, candidates: int = 8,
@@ -293,83 +383,13 @@ def place_fm(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int,
     stops after ``patience`` steps without a new best or ``max_steps`` steps.
     """
     part = place_greedy(traffic, n_chips, cores_per_chip).copy()
-    n = len(part)
-    if n_chips <= 1 or n < 2:
+    if n_chips <= 1 or len(part) < 2:
         return part
-    adj = (traffic + traffic.T).tocsr()
-    adj.setdiag(0)
-    adj.eliminate_zeros()
-    size = np.bincount(part, minlength=n_chips)
-    conn = np.asarray((adj @ sparse.csr_matrix((np.ones(n), (np.arange(n), part)),
-                                               shape=(n, n_chips))).todense())
-    best_gain = np.empty(n)
-    best_chip = np.empty(n, np.int64)
-
-    def refresh(idx):
-        g = conn[idx] - conn[idx, part[idx]][:, None]
-        g[np.arange(len(idx)), part[idx]] = -np.inf
-        best_chip[idx] = g.argmax(1)
-        best_gain[idx] = g[np.arange(len(idx)), best_chip[idx]]
-
-    def move(i, b):
-        a = part[i]
-        row = slice(adj.indptr[i], adj.indptr[i + 1])
-        idx, w = adj.indices[row], adj.data[row]
-        conn[idx, a] -= w
-        conn[idx, b] += w
-        size[a] -= 1
-        size[b] += 1
-        part[i] = b
-        refresh(np.append(idx, i))
-
-    def weight(i, js):
-        row = slice(adj.indptr[i], adj.indptr[i + 1])
-        lookup = dict(zip(adj.indices[row].tolist(), adj.data[row].tolist()))
-        return np.array([lookup.get(int(j), 0.0) for j in js])
-
-    refresh(np.arange(n))
+    state = _FMState(traffic, part, n_chips)
     for _ in range(max_passes):
-        locked = np.zeros(n, bool)
-        history: list[tuple[int, int]] = []      # (core, chip it came from)
-        total, best_total, best_len, since_best = 0.0, 0.0, 0, 0
-        while not locked.all() and since_best < patience and len(history) < 2 * max_steps:
-            best = (-np.inf, None)
-            free = np.flatnonzero(size < cores_per_chip)
-            open_ = np.flatnonzero(~locked)
-            if len(free):
-                g = conn[np.ix_(open_, free)] - conn[open_, part[open_]][:, None]
-                g[part[open_][:, None] == free[None, :]] = -np.inf
-                k = np.unravel_index(np.argmax(g), g.shape)
-                if np.isfinite(g[k]):
-                    best = (g[k], ((open_[k[0]], free[k[1]]),))
-            gains = np.where(locked, -np.inf, best_gain)
-            for i in np.argpartition(gains, -min(candidates, n))[-min(candidates, n):]:
-                if not np.isfinite(gains[i]):
-                    continue
-                a, b = part[i], best_chip[i]
-                mates = np.flatnonzero((part == b) & ~locked)
-                if not len(mates):
-                    continue
-                g2 = gains[i] + conn[mates, a] - conn[mates, b] - 2 * weight(i, mates)
-                k = int(np.argmax(g2))
-                if g2[k] > best[0]:
-                    best = (g2[k], ((i, b), (mates[k], a)))
-            if best[1] is None:
-                break
-            for i, b in best[1]:
-                history.append((int(i), int(part[i])))
-                move(int(i), int(b))
-                locked[i] = True
-            total += best[0]
-            if total > best_total + 1e-9:
-                best_total, best_len, since_best = total, len(history), 0
-            else:
-                since_best += 1
-        for i, a in reversed(history[best_len:]):
-            move(i, a)
-        if best_total <= 1e-9:
+        if state.fm_pass(cores_per_chip, patience, candidates, max_steps) <= 1e-9:
             break
-    return part
+    return state.part
 
 
 # ---- all together -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A *population* is a spiking layer (``qcfs``), the readout, or the input (fed by the host, so it
 takes no core). A *projection* is everything between a producer population and a consumer: the
-linear nodes of the consumer's tree and any align node. One ``Edge`` per (producer, consumer)
+linear nodes of the consumer's tree and any align node. One ``Synapses`` per (producer, consumer)
 describes its connectivity as bounding boxes: for every consumer neuron, which box of producer
 neurons it reads. Boxes come from the node kinds (``NodeKind.input_box``), composed along the
 tree, so the model is exact for conv/pool/linear connectivity (dilated kernels are bounded by
@@ -39,7 +39,7 @@ RESOURCES = ("neurons", "state_bits", "synaptic_bits", "fan_in", "fan_out")
 
 
 @dataclass
-class Edge:
+class Synapses:
     """The synapses from one producer population into a consumer population."""
 
     producer: str
@@ -82,7 +82,7 @@ class Population:
     T: int
     window: int            # steps it runs (TPP: 2T)
     on_chip: bool          # False: the input, injected by the host
-    edges: list[Edge] = field(default_factory=list)
+    edges: list[Synapses] = field(default_factory=list)
     node: Node | None = None
 
     @property
@@ -108,7 +108,7 @@ class Network:
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)   # [start, end) per population
     hop_steps: int = 1
 
-    def consumers(self, name: str) -> list[tuple[Population, Edge]]:
+    def consumers(self, name: str) -> list[tuple[Population, Synapses]]:
         return [(p, e) for p in self.populations.values() for e in p.edges if e.producer == name]
 
     def spikes_per_neuron(self, spike_counts: dict[str, float] | None) -> dict[str, float]:
@@ -268,7 +268,7 @@ def _record(pops, pop: Population, producer: str, box: Box, st: _PathState, conv
             e.weight_bits = max(filter(None, (e.weight_bits, st.weight_bits)), default=None)
             e.delay = max(e.delay, st.delay)
             return
-    pop.edges.append(Edge(producer, keys, lo, hi, aligned, st.t_in, st.shared, st.density,
+    pop.edges.append(Synapses(producer, keys, lo, hi, aligned, st.t_in, st.shared, st.density,
                           st.weight_bits, st.gain, list(st.weighted), st.delay))
 
 
@@ -305,7 +305,7 @@ def _along(values: np.ndarray, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-def receptive(edge: Edge, tiling: Tiling) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def receptive(edge: Synapses, tiling: Tiling) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per producer dim d: lo/hi of the producer box each consumer tile reads, as arrays over
     the blocks of consumer dim ``edge.keys[d]``."""
     rlo, rhi = [], []
@@ -316,7 +316,7 @@ def receptive(edge: Edge, tiling: Tiling) -> tuple[list[np.ndarray], list[np.nda
     return rlo, rhi
 
 
-def receptive_boxes(edge: Edge, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
+def receptive_boxes(edge: Synapses, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
     """(n_tiles, 3) producer-space boxes read by each consumer tile (C-order tiles)."""
     rlo, rhi = receptive(edge, tiling)
     grids = np.meshgrid(*[np.arange(k) for k in tiling.counts], indexing="ij")
@@ -376,7 +376,7 @@ class TileCost:
     edge_synapses: list[np.ndarray]   # per edge: synapses of each tile
 
 
-def weight_bits(edge: Edge, net: Network, profile) -> int:
+def weight_bits(edge: Synapses, net: Network, profile) -> int:
     return edge.weight_bits or int(net.meta.get("weight_bits") or profile.max_weight_bits)
 
 
