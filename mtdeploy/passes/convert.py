@@ -60,6 +60,14 @@ def add_readout(graph: Graph) -> Graph:
     return graph
 
 
+def timesteps_of(node: Node, timesteps=None) -> int:
+    """T of a spiking layer: ``timesteps`` (an int for all, or {layer: T}), else T = levels
+    (the QCFS mapping: L quantization levels are exactly T steps of IF neurons)."""
+    if isinstance(timesteps, int):
+        return timesteps
+    return int((timesteps or {}).get(node.name, node.attrs["levels"]))
+
+
 def assign_timesteps(graph: Graph, timesteps=None, neuron: str = "if", v_init: float = 0.5) -> Graph:
     """T of every population: the spiking layers' from ``timesteps`` (default: their levels),
     the input 1, the readout the longest of its producers; tree nodes take their population's."""
@@ -68,9 +76,7 @@ def assign_timesteps(graph: Graph, timesteps=None, neuron: str = "if", v_init: f
     spiking = spiking_populations(graph)
     _check_timesteps(timesteps, [n.name for n in spiking])
     for node in spiking:
-        t = timesteps if isinstance(timesteps, int) else \
-            (timesteps or {}).get(node.name, node.attrs["levels"])
-        node.T = int(t)
+        node.T = timesteps_of(node, timesteps)
         node.attrs["neuron"] = neuron
         node.attrs["v_init"] = float(v_init)
     graph.input.T = 1

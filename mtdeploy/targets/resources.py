@@ -30,6 +30,7 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import dims3, kind_of
 from mtdeploy.ir.snn import is_population
+from mtdeploy.passes.convert import timesteps_of
 from mtdeploy.passes.schedule import windows
 
 Box = tuple  # ((key, lo, hi), (key, lo, hi), (key, lo, hi)): one per producer dim, see input_box
@@ -186,7 +187,8 @@ def extract(graph: Graph, hop_steps: int = 1) -> Network:
         elif source:
             T = 1
         else:
-            T = int(node.attrs.get("levels", 0)) or None   # readout: set from producers below
+            # a spiking layer as the default conversion sets it; the readout: from producers below
+            T = timesteps_of(node) if kind_of(node).role == "activation" else None
         pop = Population(node.name, node.label() if not (virtual_readout and node is out)
                          else f"{node.label()} [readout]", dims3(node.shape), T or 0, 0,
                          not source, node=node)
