@@ -13,8 +13,8 @@ from torch import nn
 
 from mtdeploy.io import save_graph  # noqa: E402
 from mtdeploy.errors import InputError, UnsupportedOpsError
-from mtdeploy.frontends import graph_from_module, load_model_graph
-from mtdeploy.frontends.torch_frontend import import_torch, load_torch_model, parse_input_shape
+from mtdeploy.frontends import (graph_from_module, import_torch, load_model_graph, load_torch_model,
+                                parse_input_shape)
 from mtdeploy.nn import QCFS
 from mtdeploy.sim.ann import ann_forward
 
