@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtdeploy.frontends import load_model_graph
-from mtdeploy.frontends.torch_frontend import load_torch_model
+from mtdeploy.frontends import load_model_graph, load_torch_model
 from mtdeploy.sim.ann import ann_forward
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mtdeploy.errors import InputError, UnsupportedOpsError
-from mtdeploy.frontends.torch_frontend import import_torch
+from mtdeploy.frontends import import_torch
 from mtdeploy.nn import QCFS
 from mtdeploy.passes.fold_bn import fold_batchnorm
 from mtdeploy.sim.ann import ann_forward

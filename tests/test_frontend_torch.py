@@ -13,8 +13,8 @@ from torch import nn
 
 from mtdeploy.io import save_graph  # noqa: E402
 from mtdeploy.errors import InputError, UnsupportedOpsError
-from mtdeploy.frontends import graph_from_module, load_model_graph
-from mtdeploy.frontends.torch_frontend import import_torch, load_torch_model, parse_input_shape
+from mtdeploy.frontends import (graph_from_module, import_torch, load_model_graph, load_torch_model,
+                                parse_input_shape)
 from mtdeploy.nn import QCFS
 from mtdeploy.sim.ann import ann_forward
 
@@ -373,13 +373,13 @@ def test_reshape_to_the_wrong_size_names_the_layer():
         import_torch(WrongSize(), (1, 8, 8))
 
 
-@pytest.mark.parametrize("text, expected", [("1,8,8", (1, 8, 8)), ("16", (16,)),
+@pytest.mark.parametrize("text, expected", [("1,8,8", (1, 8, 8)), ("16", (16,)), ("2,24", (2, 24)),
                                             ([3, 32, 32], (3, 32, 32)), ("1x28x28", (1, 28, 28))])
 def test_parse_input_shape(text, expected):
     assert parse_input_shape(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "a,b", "1,8", "0,8,8", [1, -2, 3], 7])
+@pytest.mark.parametrize("bad", ["", "a,b", "1,2,8,8", "0,8", "0,8,8", [1, -2, 3], 7])
 def test_parse_input_shape_rejects(bad):
     with pytest.raises(InputError):
         parse_input_shape(bad)

@@ -12,7 +12,7 @@ from torch import nn
 pytest.importorskip("lava")
 
 from mtdeploy.errors import MtdeployError  # noqa: E402
-from mtdeploy.frontends.torch_frontend import import_torch  # noqa: E402
+from mtdeploy.frontends import import_torch  # noqa: E402
 from mtdeploy.nn import QCFS  # noqa: E402
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule  # noqa: E402
 from mtdeploy.sim.reference import simulate  # noqa: E402

@@ -1,22 +1,31 @@
 """Front ends: model files and modules -> BN-folded IR graphs.
 
 ``load_model_graph`` picks the reader from the file's suffix: PyTorch (``.pt``, ``.pth``,
-``.ts``), NetX HDF5 (``.net``), or a saved IR graph (``.mtir``).
+``.ts``), NetX HDF5 (``.net``), or a saved IR graph (``.mtir``). ``import_torch`` is the torch
+entry point: it hands a model to its walker (``torch_fx`` for eager modules, ``torch_script``
+for TorchScript), both feeding the one IR builder (``torch_builder``); ``torch_files`` reads
+model files safely. BatchNorm is folded here, by the ``fold_bn`` pass, and nowhere else.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from mtdeploy.errors import InputError
-from mtdeploy.frontends.torch_frontend import (import_torch, load_torch_model, parse_input_shape,
-                                               stored_input_shape)
+from mtdeploy.frontends.torch_builder import GraphBuilder
+from mtdeploy.frontends.torch_files import (TORCHSCRIPT_HOWTO, load_torch_model, parse_input_shape,
+                                            stored_input_shape)
+from mtdeploy.frontends.torch_fx import import_fx
+from mtdeploy.frontends.torch_script import import_script
 from mtdeploy.io import load_graph
 from mtdeploy.ir.graph import Graph
 from mtdeploy.targets.loihi2.netx_import import read_netx
 from mtdeploy.passes.fold_bn import fold_batchnorm
 
 __all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",
-           "parse_input_shape", "stored_input_shape", "TORCH_SUFFIXES"]
+           "parse_input_shape", "stored_input_shape", "TORCHSCRIPT_HOWTO", "TORCH_SUFFIXES"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ts")
 
@@ -64,3 +73,23 @@ def graph_from_module(model, input_shape) -> Graph:
         raise InputError("input_shape is required for a torch model (one sample without the "
                          "batch axis, e.g. (1, 28, 28))")
     return fold_batchnorm(import_torch(model, input_shape))
+
+
+def import_torch(model: nn.Module, input_shape, name: str | None = None) -> Graph:
+    """Build the IR of ``model`` (eager or TorchScript) for one sample of ``input_shape``.
+
+    Node names are the module paths (``features.0``), function ops are named after their op
+    within the enclosing module (``layer1.add``). BatchNorm nodes stay; ``fold_batchnorm``
+    removes them. Raises ``UnsupportedOpsError`` listing every op that cannot be mapped.
+    """
+    shape = parse_input_shape(input_shape)
+    if isinstance(model, torch.jit.ScriptModule):
+        default_name, walker, frontend = model.original_name, import_script, "torchscript"
+    elif isinstance(model, nn.Module):
+        default_name, walker, frontend = type(model).__name__, import_fx, "torch.fx"
+    else:
+        raise InputError(f"expected a torch nn.Module or TorchScript module, got "
+                         f"{type(model).__name__}")
+    builder = GraphBuilder(name or default_name, shape)
+    output = walker(model, builder)
+    return builder.finish(output, frontend)

@@ -1,0 +1,348 @@
+"""The shared IR builder of the torch front end: walk events -> IR nodes, shapes, checks.
+
+Both walkers (``torch_fx`` for eager modules, ``torch_script`` for TorchScript archives) report
+the same events to one ``GraphBuilder``: a layer module was called, a tensor function ran. So
+the two paths cannot drift apart: every layer module becomes IR through the kind registry
+(``kind_for_module`` + ``from_torch``), tensor functions (add, flatten, view, size, getattr,
+getitem, no-ops) go through one handler table, and no layer type is special-cased here.
+
+User mistakes never surface as tracebacks: each unsupported op is collected with its module
+path and a hint, and all are reported at once as an ``UnsupportedOpsError``. ``finish`` infers
+shapes node by node so that a wrong input shape names its layer, and checks every module
+rebuilt from TorchScript against the archive's own submodule on random data.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from mtdeploy.errors import InputError, UnsupportedOpsError
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kind import KINDS, kind_for_module, kind_of
+
+__all__ = ["GraphBuilder", "Ref", "Special", "DirectParameter", "IDENTITY_MODULES"]
+
+# Modules that compute the identity at inference time; the front end drops them.
+IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout)
+
+_QCFS_HINT = "replace with mtdeploy.nn.QCFS(levels, threshold)"
+_LAYER_MODULE_HINT = ("use an nn.Conv2d / nn.Linear / nn.BatchNorm module so mtdeploy can read "
+                      "its weights (functional calls and frozen TorchScript archives hide them)")
+_PRODUCT_HINT = ("integrate-and-fire neurons cannot multiply two signals; fold constant scales "
+                 "into the preceding conv/linear weights")
+# Hints per op, keyed by a normalised name (lower case, no underscores), which is the same for a
+# module class (MaxPool2d), a function (max_pool2d) and a TorchScript op (aten::max_pool2d).
+_HINTS = {
+    **dict.fromkeys(["maxpool1d", "maxpool2d", "maxpool3d", "adaptivemaxpool2d",
+                     "maxpool2dwithindices", "adaptivemaxpool2dwithindices"],
+                    "replace with AvgPool2d (QCFS models use average pooling)"),
+    **dict.fromkeys(["relu", "relu6", "leakyrelu", "prelu", "gelu", "silu", "elu", "selu", "celu",
+                     "hardtanh", "hardswish", "hardsigmoid", "mish", "softplus", "threshold",
+                     "sigmoid", "tanh", "logsigmoid"], _QCFS_HINT),
+    **dict.fromkeys(["floor", "clamp", "clip", "round"],
+                    "write each activation as an mtdeploy.nn.QCFS module so its levels and "
+                    "threshold can be read"),
+    **dict.fromkeys(["softmax", "logsoftmax", "softmin"],
+                    "drop the softmax from the deployed model: it does not change the argmax of "
+                    "the logits; apply it to the outputs on the host if needed"),
+    **dict.fromkeys(["cat", "concat", "concatenate", "stack"],
+                    "concatenation is not supported; merge branches with a residual add"),
+    **dict.fromkeys(["mul", "div", "truediv", "floordiv", "matmul", "bmm", "mm", "einsum"],
+                    _PRODUCT_HINT),
+    **dict.fromkeys(["conv2d", "convolution", "convolutionmode", "conv1d", "linear", "addmm",
+                     "batchnorm", "batchnorm2d", "batchnorm1d"], _LAYER_MODULE_HINT),
+    **dict.fromkeys(["layernorm", "groupnorm", "instancenorm2d", "localresponsenorm"],
+                    "only BatchNorm directly after a Conv2d/Linear is supported (it is folded "
+                    "into their weights)"),
+    **dict.fromkeys(["convtranspose2d", "convtranspose1d", "upsample", "interpolate",
+                     "upsamplenearest2d", "upsamplebilinear2d"],
+                    "up-sampling layers are not supported"),
+    **dict.fromkeys(["sub", "rsub", "neg"],
+                    "subtraction is not supported; only residual additions (x + y) are"),
+    "if": "data-dependent control flow cannot be mapped to a fixed network; remove it from forward",
+    "loop": "loops cannot be mapped to a fixed network; unroll them (e.g. nn.Sequential)",
+}
+
+
+def _op_key(name: str) -> str:
+    """'aten::max_pool2d' / 'max_pool2d' / 'MaxPool2d' / '__add__' / 'relu_' -> one lookup key."""
+    return name.split("::")[-1].replace("_", "").lower()
+
+
+def _hint(name: str) -> str:
+    return _HINTS.get(_op_key(name), _supported_summary())
+
+
+def _supported_summary() -> str:
+    layers = sorted({t.__name__ for kind in KINDS.values() for t in kind.torch_types})
+    return ("no spiking equivalent; supported: " + ", ".join(layers)
+            + ", flatten/view(batch, -1), residual add, Dropout/Identity (dropped)")
+
+
+class Special(enum.Enum):
+    """Non-tensor values the walks carry: a poisoned value, the batch size, a shape."""
+
+    POISON = "value computed by an unsupported op"
+    BATCH = "the batch size"
+    SHAPE = "a tensor's shape"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor produced by IR node ``node``."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class DirectParameter:
+    """A parameter or buffer used directly in forward (not through a layer module)."""
+
+    target: str
+
+
+def _any_poison(values) -> bool:
+    return any(v is Special.POISON or (isinstance(v, (list, tuple)) and _any_poison(v))
+               for v in values)
+
+
+class GraphBuilder:
+    """Turns the walkers' events into IR nodes; collects unsupported ops instead of stopping."""
+
+    def __init__(self, name: str, input_shape: tuple[int, ...]):
+        self.graph = Graph(name)
+        self.offenders: list[tuple[str, str, str]] = []
+        self.flatten_sizes: dict[str, int] = {}            # view(-1, N): N checked after shapes
+        # node -> (TorchScript submodule, its method that was called, the eager rebuild)
+        self.rebuilt: dict[str, tuple[torch.jit.ScriptModule, str, nn.Module]] = {}
+        self.graph.add(Node("input", "input", [], {"shape": list(input_shape)},
+                            shape=tuple(input_shape), origin="input"))
+        self.input = Ref("input")
+
+    def unsupported(self, path: str, op: str, hint: str | None = None) -> Special:
+        self.offenders.append((path or "(top-level forward)", op,
+                               _hint(op) if hint is None else hint))
+        return Special.POISON
+
+    def add_node(self, base: str, kind: str, inputs: list[Ref], origin: str,
+                 attrs=None, params=None) -> Ref:
+        name = self.graph.unique_name(base)
+        self.graph.add(Node(name, kind, [r.node for r in inputs], attrs or {}, params or {},
+                            origin=origin))
+        return Ref(name)
+
+    # ---- layer modules ------------------------------------------------------------------
+    def call_module(self, path: str, module: nn.Module, args, kwargs) -> Any:
+        """A leaf module call (eager, or rebuilt from TorchScript by the caller)."""
+        op = type(module).__name__
+        if isinstance(module, IDENTITY_MODULES):
+            if not args and not kwargs:  # torch.jit.trace records an Identity with no inputs
+                return None
+            return args[0] if len(args) == 1 and not kwargs else self.unsupported(
+                path, op, "called with more than one argument")
+        # Report the op itself even when its input is already poisoned, so that every
+        # offender is listed, not only the first on each path.
+        kind = kind_for_module(module)
+        if kind is None:
+            return self.unsupported(path, op)
+        try:
+            attrs, params = kind.from_torch(module)
+        except InputError as exc:
+            return self.unsupported(path, op, str(exc))
+        if _any_poison(args):
+            return Special.POISON
+        if len(args) != 1 or kwargs or not isinstance(args[0], Ref):
+            return self.unsupported(path, op, "a layer must be called on exactly one tensor")
+        return self.add_node(path or op.lower(), kind.name, [args[0]], path or op, attrs, params)
+
+    # ---- tensor functions (the same for fx and TorchScript, keyed by _op_key) ------------
+    def call_function(self, scope: str, op: str, args: Sequence, kwargs: dict) -> Any:
+        handler = _FUNCTION_HANDLERS.get(_op_key(op))
+        if handler is None:
+            return self.unsupported(scope, op)
+        if _any_poison(args) or _any_poison(kwargs.values()):
+            return Special.POISON
+        return handler(self, scope, op, list(args), dict(kwargs))
+
+    def node_base(self, scope: str, base: str) -> str:
+        return f"{scope}.{base}" if scope else base
+
+    # ---- finishing --------------------------------------------------------------------------
+    def finish(self, output: Any, frontend: str) -> Graph:
+        if self.offenders:
+            raise UnsupportedOpsError(self.offenders)
+        if isinstance(output, (list, tuple)) and len(output) == 1:
+            output = output[0]
+        if not isinstance(output, Ref):
+            raise InputError("the model must return a single tensor (the logits); it returns "
+                             f"{_describe(output)}")
+        graph = self.graph
+        graph.output = output.node
+        _prune_unused(graph)
+        self._infer_shapes_and_check()
+        graph.meta["frontend"] = frontend
+        graph.validate()
+        return graph
+
+    def _infer_shapes_and_check(self) -> None:
+        """``Graph.infer_shapes``, node by node, so that whatever fails names its layer.
+
+        Per node, in order: the kind's shape rule (a wrong input shape fails at the first layer
+        it does not fit), an explicit ``view(-1, N)`` size, and, for modules rebuilt from
+        TorchScript, a comparison with the archive's own submodule.
+        """
+        graph = self.graph
+        for node in graph:
+            in_shapes = [graph[i].shape for i in node.inputs]
+            try:
+                shape = tuple(int(d) for d in kind_of(node).infer_shape(node, in_shapes))
+            except InputError:
+                raise
+            except Exception as exc:
+                raise InputError(f"{node.label()}: cannot take an input of shape "
+                                 f"{in_shapes[0] if len(in_shapes) == 1 else in_shapes} "
+                                 f"({type(exc).__name__}: {exc}); check the input shape") from None
+            if shape and min(shape) < 1:
+                raise InputError(f"{node.label()}: output shape {shape} is empty; the input "
+                                 f"{tuple(graph.input.shape)} is too small for this layer")
+            node.shape = shape
+            features = self.flatten_sizes.get(node.name)
+            if features is not None and shape != (features,):
+                raise InputError(f"{node.label()}: reshapes to (batch, {features}) but its input "
+                                 f"{in_shapes[0]} has {shape[0]} values per sample; check the "
+                                 "input shape")
+            if node.name in self.rebuilt:
+                self._check_rebuilt(node, in_shapes[0])
+
+    def _check_rebuilt(self, node: Node, in_shape: tuple[int, ...]) -> None:
+        """A module rebuilt from TorchScript must compute what the archive's submodule computes."""
+        archive, method, eager = self.rebuilt[node.name]
+        x = torch.randn((2, *in_shape), generator=torch.Generator().manual_seed(0)) * 2.0
+        was_training = archive.training
+        archive.train(False)  # a scripted BN in training mode would use and update batch stats
+        try:
+            with torch.no_grad():
+                expected, got = archive._c._get_method(method)(x), eager.eval()(x)
+        finally:
+            archive.train(was_training)
+        if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
+            raise InputError(
+                f"{node.label()}: the TorchScript submodule does not behave like a standard "
+                f"{type(eager).__name__} (custom forward, or an option such as padding_mode "
+                f"that mtdeploy does not support)")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} values"
+    if isinstance(value, Special):
+        return value.value
+    return type(value).__name__
+
+
+def _prune_unused(graph: Graph) -> None:
+    """Drop nodes that do not reach the output (e.g. an unused auxiliary head)."""
+    live, stack = {graph.input.name}, [graph.output]
+    while stack:
+        name = stack.pop()
+        if name not in live:
+            live.add(name)
+            stack.extend(graph[name].inputs)
+    graph.nodes = {n: node for n, node in graph.nodes.items() if n in live}
+
+
+# ---- function handlers --------------------------------------------------------------------
+
+def _arg(args: list, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _handle_add(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    x, y = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
+    alpha = _arg(args, kwargs, 2, "alpha", 1)
+    if not (isinstance(x, Ref) and isinstance(y, Ref)):
+        return b.unsupported(scope, op, "only tensor + tensor (a residual add) is supported; fold "
+                                        "constant offsets into the preceding layer's bias")
+    if alpha != 1:
+        return b.unsupported(scope, op, f"add with alpha={alpha} is not supported")
+    return b.add_node(b.node_base(scope, "add"), "add", [x, y], b.node_base(scope, op))
+
+
+def _handle_flatten(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    x = _arg(args, kwargs, 0, "input")
+    start, end = _arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1)
+    if not isinstance(x, Ref) or start != 1 or end != -1:
+        return b.unsupported(scope, f"{op}(start_dim={start}, end_dim={end})",
+                             "only torch.flatten(x, 1) (all axes but the batch) is supported")
+    return b.add_node(b.node_base(scope, "flatten"), "flatten", [x], b.node_base(scope, op))
+
+
+def _handle_view(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    """x.view(x.size(0), -1), x.view(-1, N), x.reshape(B, N): a flatten to (batch, features)."""
+    x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    dims = list(args[1:]) or list(kwargs.get("shape", kwargs.get("size", ())))
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = list(dims[0])
+    batch_ok = len(dims) == 2 and (dims[0] is Special.BATCH or dims[0] == -1)
+    features = dims[1] if len(dims) == 2 else None
+    if (not isinstance(x, Ref) or not batch_ok or not isinstance(features, int)
+            or (dims[0] == -1 and features == -1) or (features < 1 and features != -1)):
+        shown = ", ".join("batch" if d is Special.BATCH else str(d) for d in dims)
+        return b.unsupported(scope, f"{op}({shown})",
+                             "only reshapes that flatten to (batch, features) are supported, "
+                             "e.g. x.view(x.size(0), -1) or torch.flatten(x, 1)")
+    ref = b.add_node(b.node_base(scope, "flatten"), "flatten", [x], b.node_base(scope, op))
+    if features != -1:
+        b.flatten_sizes[ref.node] = features
+    return ref
+
+
+def _handle_size(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    dim = _arg(args, kwargs, 1, "dim")
+    if dim is None:
+        return Special.SHAPE
+    if dim == 0:
+        return Special.BATCH
+    return b.unsupported(scope, f"{op}(dim={dim})",
+                         "shape arithmetic other than reading the batch size is not supported")
+
+
+def _handle_getattr(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    if len(args) == 2 and isinstance(args[0], Ref) and args[1] == "shape":
+        return Special.SHAPE
+    return b.unsupported(scope, f"getattr(tensor, {args[1]!r})" if len(args) > 1 else op)
+
+
+def _handle_getitem(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    if len(args) == 2 and args[0] is Special.SHAPE and args[1] == 0:
+        return Special.BATCH
+    return b.unsupported(scope, "indexing/slicing", "indexing tensors or shapes (other than "
+                                                    "x.shape[0]) is not supported")
+
+
+def _handle_passthrough(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    """Ops that are the identity on our values: dropout, memory layout, int/tensor casts."""
+    return args[0] if args else kwargs.get("input")
+
+
+_FUNCTION_HANDLERS: dict[str, Callable] = {
+    **dict.fromkeys(["add", "iadd"], _handle_add),
+    "flatten": _handle_flatten,
+    **dict.fromkeys(["view", "reshape"], _handle_view),
+    "size": _handle_size,
+    "getattr": _handle_getattr,
+    "getitem": _handle_getitem,
+    # dropout in eval mode, layout/cast no-ops, and TorchScript's int <-> tensor conversions
+    **dict.fromkeys(["dropout", "featuredropout", "alphadropout", "featurealphadropout",
+                     "dropout1d", "dropout2d", "dropout3d", "contiguous", "int", "numtotensor",
+                     "scalarimplicit"], _handle_passthrough),
+}
+
