@@ -2,13 +2,19 @@
 
 Everything that imports Lava stays inside this package, and importing the package itself does
 not import Lava (the names below load on first use), so the rest of mtdeploy works without it.
+
+Modules: network (lower_to_lava, LavaNetwork, run_lava), lowering (wiring the processes),
+neurons / timing / synapses (per-kind builder tables), projection and layout (the edge matrices
+and array layouts), runtime (running and stopping Lava's OS processes), agreement (the ladder).
 """
 from __future__ import annotations
 
+import importlib
+
 _EXPORTS = {
     "lower_to_lava": "network", "run_lava": "network", "LavaNetwork": "network",
-    "SYNAPSE_HOP": "network", "child_pids": "network", "ladder": "agreement", "first_divergence": "agreement",
-    "format_ladder": "agreement",
+    "SYNAPSE_HOP": "synapses", "child_pids": "runtime", "ladder": "agreement",
+    "first_divergence": "agreement", "format_ladder": "agreement",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -16,8 +22,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ import numpy as np
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.snn import is_readout, is_source, populations
 from mtdeploy.sim.ann import ann_forward
+from mtdeploy.sim.reference import simulate
 
 PAIRS = (("ann", "float"), ("float", "fixed"), ("fixed", "lava"))
 
@@ -32,7 +33,8 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
     conversion (ANN -> float SNN) and quantization (float -> fixed) error. Each row carries
     ``diverges``: the pairs below full agreement, and ``first`` marks the first such row.
     """
-    from mtdeploy.sim.reference import simulate
+    # Imported here, not at the top: importing this module (the package's lazy exports) must
+    # not import Lava.
     from mtdeploy.targets.loihi2.lava.network import run_lava
 
     x = np.asarray(x, dtype=np.float64)

@@ -1,0 +1,136 @@
+"""Lowering a scheduled MT-SNN graph to Lava processes (docs/semantics.md §1).
+
+Per population: one neuron process (:mod:`.neurons`) and, per incoming edge, the edge's whole
+projection as synapse processes (:mod:`.synapses`) followed by the edge's align process or delay
+line (:mod:`.timing`). Aligning *after* the synapse is equivalent to the semantics'
+align-then-project (the projection is linear and time invariant) and keeps every spike on the
+wire binary. Edges into one population meet in the neuron's input port, which sums them
+(residual adds).
+
+Timing is the graph's stored schedule, whose ``hop_steps`` must equal ``SYNAPSE_HOP``, the
+measured latency of Lava's synapse processes: every Lava synapse process sends the previous
+step's result (a spike sent at step t reaches the next process at t+1, for Dense, Sparse and
+Conv; see tests/test_lava_processes.py), while the neuron and align processes here receive and
+send in the same step.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.snn import Edge, incoming_edges, is_readout, is_source, populations
+from mtdeploy.targets.loihi2.lava.layout import lava_shape
+from mtdeploy.targets.loihi2.lava.neurons import neuron_process
+from mtdeploy.targets.loihi2.lava.procs.process import Readout, SampleSource
+from mtdeploy.targets.loihi2.lava.synapses import SynapseInfo, Wire, connect_synapses
+from mtdeploy.targets.loihi2.lava.tables import Build
+from mtdeploy.targets.loihi2.lava.timing import timing_process
+
+
+@dataclass
+class EdgeInfo:
+    producer: str
+    align: str | None
+    method: str | None
+    delay: int
+    synapse: SynapseInfo
+
+    def describe(self) -> dict:
+        s = self.synapse
+        return {"from": self.producer, "align": self.align, "method": self.method,
+                "synapse": s.synapse, "processes": s.processes, "nnz": s.nnz,
+                "max_abs_weight": s.max_abs_weight, "weight_digits": s.digits,
+                "delay": self.delay}
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    neuron: str | None
+    T: int
+    window: tuple[int, int]
+    shape: tuple[int, ...]
+    lava_shape: tuple[int, ...]
+    processes: Counter = field(default_factory=Counter)
+    edges: list[EdgeInfo] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "neuron": self.neuron, "T": self.T,
+                "window": list(self.window), "shape": list(self.shape),
+                "lava_shape": list(self.lava_shape), "processes": dict(self.processes),
+                "edges": [e.describe() for e in self.edges]}
+
+
+@dataclass
+class Lowered:
+    """The processes of one lowered graph: the root (the sample source), the readout, every
+    spiking population's neuron process, and per layer what was built."""
+
+    source: SampleSource
+    readout: Readout
+    neurons: dict[str, Any]
+    layers: dict[str, LayerInfo]
+
+
+def lower_processes(build: Build, data: np.ndarray) -> Lowered:
+    """Build and wire every population's processes; ``data`` (N, *Lava input shape)."""
+    source, readout = None, None
+    neurons: dict[str, Any] = {}
+    layers: dict[str, LayerInfo] = {}
+    out_ports: dict[str, Any] = {}
+    for pop in populations(build.graph):
+        if is_source(pop):
+            source = SampleSource(data=data, period=build.period, name=f"{pop.name}:source")
+            out_ports[pop.name] = source.s_out
+            continue
+        neuron, layers[pop.name] = _lower_population(build, pop, out_ports)
+        if is_readout(pop):
+            readout = neuron
+        else:
+            neurons[pop.name] = neuron
+            out_ports[pop.name] = neuron.s_out
+    return Lowered(source, readout, neurons, layers)
+
+
+def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tuple[Any, LayerInfo]:
+    """``pop``'s neuron process with every incoming edge wired into it."""
+    info = LayerInfo(pop.name, pop.kind, pop.attrs.get("neuron"), int(pop.T), build.window(pop),
+                     tuple(pop.shape), lava_shape(pop.shape))
+    neuron = neuron_process(build, pop)
+    info.processes[type(neuron).__name__] += 1
+    for key, edges in _edge_groups(build.graph, pop).items():
+        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, neuron, info.processes))
+    return neuron, info
+
+
+def _edge_groups(graph: Graph, pop: Node) -> dict[str, list[Edge]]:
+    """Incoming edges by the tree input they enter at (align node, or producer): a producer
+    streaming into several paths of the tree (no align nodes) is one projection, materialised
+    once."""
+    groups: dict[str, list[Edge]] = {}
+    for edge in incoming_edges(graph, pop):
+        groups.setdefault(edge.align or edge.producer, []).append(edge)
+    return groups
+
+
+def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports: dict[str, Any],
+                neuron, processes: Counter) -> EdgeInfo:
+    """producer -> synapses -> [align process | delay line] -> neuron, for one edge group."""
+    edge = edges[0]
+    stage, delay = timing_process(build, pop, edge, key)
+    target = neuron.a_in
+    if stage is not None:
+        processes[type(stage).__name__] += 1
+        stage.a_out.connect(neuron.a_in)
+        target = stage.a_in
+    wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
+                out_ports[edge.producer], target)
+    synapse = connect_synapses(build, pop, wire)
+    processes[synapse.synapse] += synapse.processes
+    method = build.graph[edge.align].attrs["method"] if edge.align else None
+    return EdgeInfo(edge.producer, edge.align, method, delay, synapse)

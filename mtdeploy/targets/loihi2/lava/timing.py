@@ -1,0 +1,74 @@
+"""Processes that put an edge's current into its consumer's window, read from the graph's stored
+schedule: the align process of an aligned edge (per method), a DelayLine for a streamed edge
+that must wait for the consumer's other inputs.
+
+Both sit after the edge's synapse, which delivers one hop (``hop_steps``) late.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mtdeploy.errors import InputError
+from mtdeploy.ir.graph import Node
+from mtdeploy.ir.snn import Edge
+from mtdeploy.targets.loihi2.lava.layout import lava_shape
+from mtdeploy.targets.loihi2.lava.procs.process import AlignAvgRepeat, AlignTTM, DelayLine
+from mtdeploy.targets.loihi2.lava.tables import Build, BuilderTable
+
+#: (build, align node, first input step, first output step, Lava shape) -> the align process
+AlignBuilder = Callable[[Build, Node, int, int, tuple], Any]
+
+#: alignment method (an align node's ``attrs["method"]``) -> its Lava process
+ALIGN_METHODS: BuilderTable[AlignBuilder] = BuilderTable("alignment method")
+
+
+@ALIGN_METHODS.register("avg-repeat")
+def _avg_repeat(build: Build, node: Node, in_start: int, out_start: int,
+                shape: tuple) -> AlignAvgRepeat:
+    t_in, t_out = int(node.attrs["t_in"]), int(node.attrs["t_out"])
+    return AlignAvgRepeat(shape=shape, in_window=(in_start, in_start + t_in),
+                          out_window=(out_start, out_start + t_out), period=build.period,
+                          name=_name(node))
+
+
+@ALIGN_METHODS.register("ttm")
+def _time_to_match(build: Build, node: Node, in_start: int, out_start: int,
+                   shape: tuple) -> AlignTTM:
+    return AlignTTM(shape=shape, in_start=in_start, t_in=int(node.attrs["t_in"]),
+                    out_start=out_start, t_out=int(node.attrs["t_out"]), period=build.period,
+                    name=_name(node))
+
+
+def _name(node: Node) -> str:
+    return f"{node.name}:{node.attrs['method']}"
+
+
+def first_arrival(build: Build, producer: Node) -> int:
+    """Step at which the producer's first output step (the tail of its window) arrives behind
+    one synapse."""
+    return build.window(producer)[1] - int(producer.T) + build.hop
+
+
+def stream_delay(build: Build, pop: Node, producer: Node) -> int:
+    """Steps a streamed edge must wait: the consumer starts at the latest of its inputs, which
+    can be after this producer's first output arrives."""
+    delay = build.window(pop)[0] - first_arrival(build, producer)
+    if delay < 0:
+        raise InputError(f"{pop.label()}: starts before its streamed input {producer.label()} "
+                         "arrives; the schedule is inconsistent")
+    return delay
+
+
+def timing_process(build: Build, pop: Node, edge: Edge, key: str) -> tuple[Any | None, int]:
+    """(process, delay) between the edge's synapse and ``pop``'s input: its align process, a
+    DelayLine of ``delay`` steps, or None where the streamed current arrives on time."""
+    graph, shape = build.graph, lava_shape(pop.shape)
+    if edge.align is not None:
+        node = graph[edge.align]
+        builder = ALIGN_METHODS.of(node.attrs["method"], node)
+        in_start = first_arrival(build, graph[node.inputs[0]])
+        return builder(build, node, in_start, build.window(pop)[0], shape), 0
+    delay = stream_delay(build, pop, graph[edge.producer])
+    if not delay:
+        return None, 0
+    return DelayLine(shape=shape, delay=delay, name=f"{pop.name}<-{key}:delay"), delay
