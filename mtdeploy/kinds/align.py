@@ -65,8 +65,10 @@ class AlignKind(NodeKind):
         if x.shape[0] != t_in:
             raise ValueError(f"{node.name}: expected {t_in} input steps, got {x.shape[0]}")
         if method == "avg-repeat":
+            # The same current on every step: a broadcast view (stride 0 in time), so the
+            # projection after it can run once, not t_out times (see sim.reference).
             acc = x.sum(0) if fixed_point else x.mean(0)
-            return acc.unsqueeze(0).expand(t_out, *acc.shape).clone()
+            return acc.unsqueeze(0).expand(t_out, *acc.shape)
         if method != "ttm":
             raise InputError(f"{node.label()}: unknown alignment method {method!r}")
         if t_in == t_out:

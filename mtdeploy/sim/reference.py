@@ -39,22 +39,38 @@ def quantize_input(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return scaled.clamp(-limit, limit), clipped
 
 
+def steady(x: torch.Tensor) -> bool:
+    """Whether a time-major tensor repeats one step (a stride-0 view over time): what
+    avg-repeat alignment delivers, a constant current over the consumer's window."""
+    return x.shape[0] > 1 and x.stride(0) == 0
+
+
+def per_step(f, xs: list[torch.Tensor]) -> torch.Tensor:
+    """``f`` (batch-first, one step) over time-major inputs (T, N, ...): once on the shared step
+    when every input is steady (the result stays a stride-0 view), else on all T x N rows."""
+    steps = {x.shape[0] for x in xs}
+    if len(steps) != 1:
+        raise ValueError(f"inputs with different step counts {steps}")
+    t = steps.pop()
+    if t > 1 and all(steady(x) for x in xs):
+        y = f(*[x[0] for x in xs])
+        return y.unsqueeze(0).expand(t, *y.shape)
+    n = xs[0].shape[1]
+    y = f(*[x.reshape(t * n, *x.shape[2:]) for x in xs])
+    return y.reshape(t, n, *y.shape[1:])
+
+
 def _apply_gains(node: Node, xs: list[torch.Tensor], fixed: bool) -> list[torch.Tensor]:
     gains = node.attrs.get("input_gain_int")
     if not fixed or not gains:
         return xs
-    return [x * g for x, g in zip(xs, gains)]
+    return [per_step(lambda v, g=g: v * g, [x]) for x, g in zip(xs, gains)]
 
 
 def _linear(node: Node, xs: list[torch.Tensor], fixed: bool) -> torch.Tensor:
-    steps = {x.shape[0] for x in xs}
-    if len(steps) != 1:
-        raise ValueError(f"{node.name}: inputs with different step counts {steps}")
-    t, n = xs[0].shape[:2]
-    flat = [x.reshape(t * n, *x.shape[2:]) for x in xs]
     kind = kind_of(node)
-    y = kind.forward_int(node, *flat) if fixed else kind.forward(node, *flat)
-    return y.reshape(t, n, *y.shape[1:])
+    forward = kind.forward_int if fixed else kind.forward
+    return per_step(lambda *v: forward(node, *v), xs)
 
 
 def _indicator_events(graph: Graph, pop: Node, counts: dict[str, torch.Tensor]) -> float:
@@ -110,7 +126,8 @@ def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: 
             continue
         current = xs[0]
         if fixed:
-            current = current + torch.as_tensor(node.params["bias_int"], dtype=current.dtype)
+            bias = torch.as_tensor(node.params["bias_int"], dtype=current.dtype)
+            current = per_step(lambda v: v + bias, [current])
         if mode == "ann-int":
             if current.shape[0] != 1:
                 raise InputError(f"{node.name}: the equally quantized ANN exists only with "
@@ -120,9 +137,10 @@ def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: 
             out = kind.simulate(node, current, fixed, ctx)
         values[node.name] = out
         if node.name != graph.output:
-            spikes = out if fixed else out / float(node.params["threshold"]) \
-                if "threshold" in node.params else out
-            counts[node.name] = spikes.sum(0)
+            total = out.sum(0)
+            if not fixed and "threshold" in node.params:   # float outputs are th * spikes
+                total = torch.round(total / float(node.params["threshold"]))
+            counts[node.name] = total
             if record and mode != "ann-int":
                 synops[node.name] = _indicator_events(graph, node, counts)
     if record and mode != "ann-int":
