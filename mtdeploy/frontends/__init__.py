@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtdeploy.errors import InputError
+from mtdeploy.frontends.netx import read_netx
 from mtdeploy.frontends.torch_frontend import (import_torch, load_torch_model, parse_input_shape,
                                                stored_input_shape)
 from mtdeploy.io import load_graph
 from mtdeploy.ir.graph import Graph
-from mtdeploy.targets.loihi2.netx_import import read_netx
 from mtdeploy.passes.fold_bn import fold_batchnorm
 
 __all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",
