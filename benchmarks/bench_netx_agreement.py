@@ -118,8 +118,9 @@ def evaluate(graph, x: np.ndarray, y: np.ndarray, path: Path, label: str,
     """Write ``graph`` to ``path``, run it in stock netx with windows of ``m`` x the
     recommended reset_interval for each m, and compare with the reference fixed-point output."""
     from mtdeploy.sim.reference import simulate
-    from mtdeploy.targets.loihi2.netx_export import readout_logits, write_netx
-    from mtdeploy.targets.loihi2.netx_import import stock_run_settings
+    from mtdeploy.frontends.netx import stock_run_settings
+    from mtdeploy.targets.loihi2.netx.plan import readout_logits
+    from mtdeploy.targets.loihi2.netx.writer import write_netx
 
     warnings = write_netx(graph, path)
     run = stock_run_settings(path)

@@ -100,7 +100,7 @@ def _findings_text(check, target) -> str:
 
 def _write_build(build: Build) -> None:
     from mtdeploy.io import atomic_dir, write_json, write_text
-    from mtdeploy.targets.loihi2.netx_export import NETX_FILE, write_build_network
+    from mtdeploy.targets.loihi2.netx.writer import NETX_FILE, write_build_network
 
     with atomic_dir(build.out_dir) as tmp:
         name, notes = write_build_network(build.graph, tmp)
@@ -118,8 +118,8 @@ def load_build(build_dir) -> Graph:
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise InputError(f"{build_dir}: not a build directory (run 'mtdeploy compile' first)")
-    from mtdeploy.targets.loihi2.netx_export import MTSNN_FILE, NETX_FILE
-    from mtdeploy.targets.loihi2.netx_import import read_netx
+    from mtdeploy.frontends.netx import read_netx
+    from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE
 
     # network.net when stock netx loads the network, else network.mtsnn.h5: either holds the
     # whole MT-SNN in its /mtdeploy extension.

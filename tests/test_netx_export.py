@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.passes import ConvertOptions, convert, quantize
 from mtdeploy.sim.reference import simulate
-from mtdeploy.targets.loihi2.netx_export import (EXTENSION_VERSION, build_network_file,
-                                                 netx_findings, plan_netx, readout_logits,
-                                                 write_netx)
-from mtdeploy.targets.loihi2.netx_import import read_netx, stock_run_settings
 from mtdeploy.findings import errors
-from mtdeploy.targets.loihi2.netx_schema import read_netx_layers, validate_netx_file
+from mtdeploy.frontends.netx import read_netx, stock_run_settings
+from mtdeploy.targets.loihi2.netx.plan import netx_findings, plan_netx, readout_logits
+from mtdeploy.targets.loihi2.netx.schema import read_netx_layers, validate_netx_file
+from mtdeploy.targets.loihi2.netx.writer import EXTENSION_VERSION, build_network_file, write_netx
 from mtdeploy.testing import random_cnn, random_mlp, random_residual
 
 BUILDERS = {"mlp": random_mlp, "cnn": random_cnn}

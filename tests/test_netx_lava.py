@@ -16,10 +16,11 @@ import pytest
 
 from mtdeploy.passes import ConvertOptions, convert, quantize
 from mtdeploy.sim.reference import simulate
-from mtdeploy.targets.loihi2.netx_export import readout_logits, write_netx
-from mtdeploy.targets.loihi2.netx_import import read_netx, stock_run_settings
 from mtdeploy.findings import errors
-from mtdeploy.targets.loihi2.netx_schema import stock_dense_weights, validate_netx_file
+from mtdeploy.frontends.netx import read_netx, stock_run_settings
+from mtdeploy.targets.loihi2.netx.plan import readout_logits
+from mtdeploy.targets.loihi2.netx.schema import stock_dense_weights, validate_netx_file
+from mtdeploy.targets.loihi2.netx.writer import write_netx
 from mtdeploy.testing import random_cnn, random_mlp
 
 pytestmark = pytest.mark.lava

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtdeploy.findings import Finding, errors
-from mtdeploy.targets.loihi2.netx_schema import stock_dense_weights, validate_netx_layers
+from mtdeploy.targets.loihi2.netx.schema import stock_dense_weights, validate_netx_layers
 
 
 def cuba(vth=100, i_decay=4096, v_decay=0):

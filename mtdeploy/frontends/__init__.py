@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mtdeploy.errors import InputError
+from mtdeploy.frontends.netx import read_netx
 from mtdeploy.frontends.torch_builder import GraphBuilder
 from mtdeploy.frontends.torch_files import (TORCHSCRIPT_HOWTO, load_torch_model, parse_input_shape,
                                             stored_input_shape)
@@ -21,7 +22,6 @@ from mtdeploy.frontends.torch_fx import import_fx
 from mtdeploy.frontends.torch_script import import_script
 from mtdeploy.io import load_graph
 from mtdeploy.ir.graph import Graph
-from mtdeploy.targets.loihi2.netx_import import read_netx
 from mtdeploy.passes.fold_bn import fold_batchnorm
 
 __all__ = ["load_model_graph", "graph_from_module", "import_torch", "load_torch_model",

@@ -12,7 +12,7 @@ import numpy as np
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.kinds.neurons import DECAY_UNITY, neuron_of
-from mtdeploy.targets.loihi2.netx_schema import BIAS_MAX, BIAS_MIN, NON_SPIKING_VTH, VTH_MAX
+from mtdeploy.targets.loihi2.netx.schema import BIAS_MAX, BIAS_MIN, NON_SPIKING_VTH, VTH_MAX
 
 
 def cuba_neuron(vth: int, i_decay: int = DECAY_UNITY, v_decay: int = 0) -> dict:

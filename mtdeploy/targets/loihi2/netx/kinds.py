@@ -2,7 +2,9 @@
 
 One entry per kind that has a NetX form, keyed by ``NodeKind.name``; a kind without an entry
 has no stock NetX form (its network is written extension-only, ``network.mtsnn.h5``). Synapse
-kinds map to a layer ``type``; population kinds to a neuron group (``neuron``).
+kinds map to a layer ``type``, population kinds to a neuron group (``neuron``), and the parts of
+a stock run that are neither (the input fed on every step, a non-spiking readout) to ``part``.
+The writer and the reader (mtdeploy.frontends.netx) pick node kinds only through this table.
 """
 from __future__ import annotations
 
@@ -13,15 +15,23 @@ import numpy as np
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
-from mtdeploy.targets.loihi2.netx_neurons import cuba_neuron, if_as_cuba, readout_as_cuba
+from mtdeploy.targets.loihi2.netx.neurons import cuba_neuron, if_as_cuba, readout_as_cuba
+
+# The parts of a stock run a kind can stand for (NetxForm.part).
+PRESENTATION = "presentation"   # netx feeds the input on every step of a window
+READOUT = "readout"             # the output: a layer that cannot fire (its voltage), or spike rates
 
 
 @dataclass(frozen=True)
 class NetxForm:
+    """How one node kind appears in a NetX file; a field left None: the kind has no such side."""
+
     #: the NetX layer type a synapse kind is read from / written as
     layer_type: str | None = None
     #: the NetX neuron types a population kind is read from
     neuron_types: tuple[str, ...] = ()
+    #: the part of a stock run (PRESENTATION, READOUT) the kind is read as
+    part: str | None = None
     #: (attrs, params) from a layer's normalised fields (the reader)
     read: Callable[[dict], tuple[dict, dict]] | None = None
     #: the synapse fields when a projection is this node alone (the writer)
@@ -68,6 +78,11 @@ def _read_cuba(fields):
     return attrs, {"bias_mant": bias, "bias_int": np.zeros(fields["shape"], np.int64)}
 
 
+def _read_readout(fields):
+    # a stock file carries no output scale: the logits stay in the file's integer units
+    return {"exp": 0}, {"bias_int": fields["bias"]}
+
+
 def _cuba_as_cuba(node, drive, steps):
     a = node.attrs
     return (cuba_neuron(a["vThMant"], a["iDecay"], a["vDecay"]),
@@ -80,33 +95,51 @@ NETX_FORMS: dict[str, NetxForm] = {
     "conv": NetxForm(layer_type="conv", read=_read_conv, write=_write_conv),
     "linear": NetxForm(layer_type="dense", read=_read_dense, write=_write_dense),
     "flatten": NetxForm(layer_type="flatten", read=lambda f: ({}, {})),
+    "align": NetxForm(part=PRESENTATION, read=lambda f: (
+        {"method": "avg-repeat", "t_in": 1, "t_out": int(f["steps"])}, {})),
     "qcfs": NetxForm(neuron=if_as_cuba),
-    "readout": NetxForm(neuron=readout_as_cuba),
+    "readout": NetxForm(part=READOUT, read=_read_readout, neuron=readout_as_cuba),
     "cuba": NetxForm(neuron_types=("CUBA", "LOIHI"), read=_read_cuba, neuron=_cuba_as_cuba),
 }
 
 
+def _first(match: Callable[[NetxForm], bool]) -> tuple[str, NetxForm] | None:
+    return next(((name, form) for name, form in NETX_FORMS.items() if match(form)), None)
+
+
 def form_for_layer(type_: str, where) -> tuple[str, NetxForm]:
-    for name, form in NETX_FORMS.items():
-        if form.layer_type == type_ and form.read is not None:
-            return name, form
-    raise InputError(f"{where}: NetX layer type {type_!r} is not supported by mtdeploy")
+    """The kind a NetX layer type is read as (InputError naming ``where`` if none)."""
+    found = _first(lambda form: form.layer_type == type_ and form.read is not None)
+    if found is None:
+        raise InputError(f"{where}: NetX layer type {type_!r} is not supported by mtdeploy")
+    return found
 
 
 def form_for_neuron(neuron: dict, where: str) -> tuple[str, NetxForm]:
-    for name, form in NETX_FORMS.items():
-        if neuron.get("type") in form.neuron_types:
-            return name, form
-    raise InputError(f"{where}: neuron type {neuron.get('type')!r} is not supported by mtdeploy "
-                     "(it reads CUBA neurons)")
+    """The population kind a NetX neuron group is read as (InputError naming ``where`` if none)."""
+    found = _first(lambda form: neuron.get("type") in form.neuron_types)
+    if found is None:
+        raise InputError(f"{where}: neuron type {neuron.get('type')!r} is not supported by "
+                         "mtdeploy (it reads CUBA neurons)")
+    return found
+
+
+def form_for_part(part: str) -> tuple[str, NetxForm]:
+    """The kind standing for a part of a stock run (PRESENTATION, READOUT)."""
+    found = _first(lambda form: form.part == part)
+    if found is None:
+        raise KeyError(f"no NetX form stands for {part!r}")
+    return found
 
 
 def synapse_fields(node: Node) -> dict | None:
+    """The layer fields of a projection that is ``node`` alone; None if its kind has none."""
     form = NETX_FORMS.get(node.kind)
     return form.write(node) if form is not None and form.write is not None else None
 
 
 def neuron_group(pop: Node, drive: float, steps: int) -> tuple[dict, np.ndarray, bool]:
+    """``pop`` as (neuron group, integer bias, exact); InputError if its kind has no NetX neuron."""
     form = NETX_FORMS.get(pop.kind)
     if form is None or form.neuron is None:
         raise InputError(f"{pop.label()}: a {pop.kind} population has no NetX neuron")

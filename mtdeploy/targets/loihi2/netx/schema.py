@@ -7,7 +7,7 @@ can refuse a file *before* writing it and a lab can check a file without install
 
 A file is a list of layer dicts (``/layer/0`` ... ``/layer/<n-1>``): ``type`` (ASCII string),
 ``shape`` (C,H,W; netx reverses it to Lava's x,y,z), and per type ``weight``, ``bias``, conv
-geometry in (y, x) order, ``delay`` and a ``neuron`` dict. Findings carry a ``kind``:
+geometry in (y, x) order, ``delay`` and a ``neuron`` dict. Findings carry a ``rule``:
 
 * ``structure``: the stock loader raises, or builds a different network (unknown types are
   skipped silently, a dense layer after a conv without ``flatten`` fails to connect, ...).
@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from mtdeploy.errors import InputError
@@ -105,7 +106,7 @@ def conv_output_shape(in_chw, out_channels, kernel, stride, padding, dilation) -
     return (int(out_channels), *out)
 
 
-def _yx(value) -> list[int] | None:
+def yx_pair(value) -> list[int] | None:
     """netx's reading of stride/padding/dilation: a scalar applies to both axes, else (y, x)."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
@@ -118,7 +119,8 @@ def _yx(value) -> list[int] | None:
     return None
 
 
-def _scalar_int(value) -> int | None:
+def scalar_int(value) -> int | None:
+    """One integer-valued number (any numeric dtype), else None: netx reads scalars with int()."""
     arr = np.asarray(value)
     if arr.size != 1 or arr.dtype.kind not in "iufb":
         return None
@@ -164,22 +166,8 @@ def validate_netx_layers(layers: list[dict], names: list[str] | None = None,
     flatten_pending = False
     in_max = 2 ** (input_message_bits - 1) - 1 if input_message_bits > 0 else 1
     for i, layer in enumerate(layers):
-        type_ = layer.get("type") if isinstance(layer, dict) else None
-        c.at(i, type_ if isinstance(type_, str) else "?")
-        if not isinstance(layer, dict):
-            c.add("structure", "not a group")
-            continue
-        if not isinstance(type_, str):
-            c.add("structure", "'type' is missing or not an ASCII string dataset (netx decodes "
-                               "it as bytes; write it as S10)")
-            continue
-        if type_ in RAISING_TYPES:
-            c.add("structure", f"type {type_!r} makes the stock loader raise NotImplementedError"
-                               + ("; fold pooling into the next conv/dense weights" if
-                                  type_ in ("pool", "average") else ""))
-            continue
-        if type_ not in BUILT_TYPES:
-            c.add("structure", f"unknown type {type_!r}: the stock loader skips it silently")
+        type_ = _built_type(i, layer, c)
+        if type_ is None:
             continue
         if flatten_pending and type_ not in ("dense", "dense_rec"):
             c.add("structure", "a 'flatten' layer must be followed by a dense layer")
@@ -225,6 +213,28 @@ def validate_netx_layers(layers: list[dict], names: list[str] | None = None,
         c.where = ""
         c.add("structure", "no dense or conv layer: netx builds an empty network and fails")
     return c.findings
+
+
+def _built_type(i: int, layer, c: _Checker) -> str | None:
+    """Layer ``i``'s type when the stock loader builds it, else None with the finding why."""
+    type_ = layer.get("type") if isinstance(layer, dict) else None
+    c.at(i, type_ if isinstance(type_, str) else "?")
+    if not isinstance(layer, dict):
+        c.add("structure", "not a group")
+        return None
+    if not isinstance(type_, str):
+        c.add("structure", "'type' is missing or not an ASCII string dataset (netx decodes "
+                           "it as bytes; write it as S10)")
+        return None
+    if type_ in RAISING_TYPES:
+        c.add("structure", f"type {type_!r} makes the stock loader raise NotImplementedError"
+                           + ("; fold pooling into the next conv/dense weights" if
+                              type_ in ("pool", "average") else ""))
+        return None
+    if type_ not in BUILT_TYPES:
+        c.add("structure", f"unknown type {type_!r}: the stock loader skips it silently")
+        return None
+    return type_
 
 
 def _shape(layer: dict, c: _Checker) -> tuple[int, ...] | None:
@@ -293,7 +303,7 @@ def _check_neuron(neuron, c: _Checker) -> dict | None:
         if key not in neuron:
             c.add("structure", f"neuron '{key}' is missing (netx reads it unconditionally)")
             continue
-        v = _scalar_int(neuron[key])
+        v = scalar_int(neuron[key])
         if v is None:
             c.add("structure", f"neuron '{key}' must be one integer (Lava's LIF takes scalar "
                                f"vth/du/dv), got {np.asarray(neuron[key]).tolist()}")
@@ -309,7 +319,7 @@ def _check_neuron(neuron, c: _Checker) -> dict | None:
     if values.get("vDecay") == DECAY_UNITY:
         c.add("risk", "vDecay=4096 needs a 13-bit dv (Lava's Python model realises it; Loihi's dv "
                       "is 12-bit)", "warning")
-    if "messageBits" in neuron and _scalar_int(neuron["messageBits"]) not in (0, None):
+    if "messageBits" in neuron and scalar_int(neuron["messageBits"]) not in (0, None):
         c.add("risk", "messageBits > 0 makes the next synapse expect graded input, but Lava's LIF "
                       "sends binary spikes", "warning")
     return values if len(values) == 3 else None
@@ -407,13 +417,13 @@ def _check_conv(layer, c: _Checker, shape, cur, first_without_input: bool, in_ma
         if key not in layer:
             c.add("structure", f"'{key}' is missing (netx reads it unconditionally)")
             return shape
-        yx = _yx(layer[key])
+        yx = yx_pair(layer[key])
         if yx is None or min(yx) < (0 if key == "padding" else 1):
             c.add("structure", f"'{key}' must be an integer or (y, x) pair, got "
                                f"{np.asarray(layer[key]).tolist()}")
             return shape
         geometry[key] = yx
-    groups = _scalar_int(layer.get("groups")) if "groups" in layer else None
+    groups = scalar_int(layer.get("groups")) if "groups" in layer else None
     if "groups" not in layer:
         c.add("structure", "'groups' is missing (netx reads it unconditionally)")
         return shape
@@ -461,8 +471,6 @@ def _check_conv(layer, c: _Checker, shape, cur, first_without_input: bool, in_ma
 # ---- files -----------------------------------------------------------------------------------
 def _read_node(obj) -> Any:
     """An h5py group/dataset as plain Python: groups -> dicts, strings decoded, arrays as numpy."""
-    import h5py
-
     if isinstance(obj, h5py.Group):
         return {k: _read_node(obj[k]) for k in obj.keys()}
     value = obj[()]
@@ -483,8 +491,6 @@ def read_netx_layers(path) -> tuple[list[dict], dict | None]:
     ``extension`` is the ``/mtdeploy`` group as a dict (None when absent). Layer keys must be
     "0".."n-1": netx iterates ``range(len(/layer))``.
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")

@@ -1,15 +1,15 @@
-"""NetX HDF5 import: ``read_netx(path) -> Graph``, and the CUBA LIF dynamics such graphs carry.
+"""The NetX front end: ``read_netx(path) -> Graph`` (the writer is mtdeploy.targets.loihi2.netx).
 
 * A file mtdeploy wrote (``/mtdeploy`` extension present): the exact MT-SNN graph back, after
   checking that the stock layers are still the ones the graph produces (a file edited after
   writing would otherwise be simulated as something it no longer is).
 * Any other NetX file (lava-dl slayer's ``export_hdf5``: input/dense/conv/flatten layers with
   CUBA neurons), or ``use_extension=False``: the network as stock netx runs it, as ``cuba``
-  populations (kinds.CubaKind) whose reference simulation is bit-exact with Lava's ``fixed_pt``
-  LIF, including netx's conversion of dense weights. Every layer runs ``steps`` steps from rest
-  (a stock run with ``reset_interval=steps, reset_offset=1``); the input is presented on every
-  step; the output is the last layer's spike rate, or its mean input current when that layer is
-  a non-spiking accumulator (as mtdeploy writes its readout).
+  populations (mtdeploy.kinds.neurons.CubaKind) whose reference simulation is bit-exact with
+  Lava's ``fixed_pt`` LIF, including netx's conversion of dense weights. Every layer runs
+  ``steps`` steps from rest (a stock run with ``reset_interval=steps, reset_offset=1``); the
+  input is presented on every step; the output is the last layer's spike rate, or its mean
+  input current when that layer is a non-spiking accumulator (as mtdeploy writes its readout).
 
 Unreadable, truncated or malformed files raise InputError with the reason, never a traceback.
 """
@@ -24,10 +24,14 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
 from mtdeploy.ir.snn import is_readout
-from mtdeploy.targets.loihi2.netx_kinds import form_for_layer, form_for_neuron
-from mtdeploy.targets.loihi2.netx_schema import (DECAY_UNITY, NON_SPIKING_VTH, _scalar_int, _yx, extension_json,
-                                                 read_netx_layers, stock_dense_weights,
-                                                 validate_netx_layers)
+from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
+                                                form_for_neuron, form_for_part)
+from mtdeploy.targets.loihi2.netx.plan import plan_netx
+from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, NON_SPIKING_VTH, extension_json,
+                                                 read_netx_layers, scalar_int,
+                                                 stock_dense_weights, validate_netx_layers,
+                                                 yx_pair)
+from mtdeploy.targets.loihi2.netx.writer import EXTENSION_FORMAT, EXTENSION_VERSION
 
 DEFAULT_STEPS = 16
 # What netx builds for a dense layer without a neuron group (hdf5.Network.create_dense).
@@ -73,8 +77,7 @@ def stock_run_settings(path) -> dict:
 
 # ---- the exact graph ----------------------------------------------------------------------
 def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
-    from mtdeploy.targets.loihi2.netx_export import EXTENSION_FORMAT, EXTENSION_VERSION, plan_netx
-
+    """The exact MT-SNN the extension holds, refused if the stock layers no longer match it."""
     fmt = ext.get("format")
     if fmt != EXTENSION_FORMAT:
         raise InputError(f"{path}: /mtdeploy/format is {fmt!r}, not {EXTENSION_FORMAT!r}")
@@ -166,12 +169,32 @@ def _bias_chw(layer: dict, out_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
+    """The layers as stock netx runs them, every layer ``steps`` steps from rest."""
+    _refuse_unsupported(path, layers)
+    blocks = [i for i, layer in enumerate(layers) if layer["type"] in ("dense", "conv")]
+    g = Graph(Path(path).stem)
+    prev = _presented_input(g, path, layers, blocks, steps)
+    for i in blocks:
+        prev = _stock_block(g, path, layers[i], i, prev, steps, last=i == blocks[-1])
+    if not is_readout(prev):
+        prev = _add_from_table(g, "readout", form_for_part(READOUT),
+                          {"bias": np.zeros(prev.shape, np.int64)}, [prev.name], steps,
+                          "spike rate of the last layer")
+    g.output = prev.name
+    g.meta.update({"converted": True, "quantized": True, "source": "netx", "netx_steps": steps,
+                   "alignment": "none", "neuron": "cuba", "v_init": 0.0, "seed": 0,
+                   "input_exp": 0, "input_bits": 8, "input_max": 127.0})
+    g.validate()
+    return g
+
+
+def _refuse_unsupported(path, layers: list[dict]) -> None:
+    """InputError for what the stock loader would not build and what mtdeploy cannot model."""
     problems = [f for f in validate_netx_layers(layers)
                 if f.severity == "error" and f.rule == "structure"]
     if problems:
         raise InputError(f"{path}: not a NetX network the stock loader builds:\n"
                          + "\n".join(f"  - {f}" for f in problems))
-    blocks = [i for i, layer in enumerate(layers) if layer["type"] in ("dense", "dense_rec", "conv")]
     for i, layer in enumerate(layers):
         where = f"{path}: layer {i} ({layer['type']})"
         if layer["type"] == "dense_rec":
@@ -183,52 +206,48 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
             raise InputError(f"{where}: complex weights are not supported by mtdeploy")
         if "delay" in layer:
             raise InputError(f"{where}: synaptic delays are not supported by mtdeploy")
+
+
+def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], steps: int) -> Node:
+    """The input node and the align node presenting it on every step, as netx feeds it."""
     if layers[0]["type"] == "input":
         in_shape = tuple(int(s) for s in np.asarray(layers[0]["shape"]).reshape(-1))
     else:
         w = np.asarray(layers[blocks[0]]["weight"])
         in_shape = (int(w.reshape(w.shape[0], -1).shape[1]),)
-    g = Graph(Path(path).stem)
-    prev = g.add(Node("input", "input", [], {"shape": list(in_shape)}, shape=in_shape, T=1,
-                      origin="/layer/0" if layers[0]["type"] == "input" else "network input"))
-    prev = g.add(Node("align.input", "align", [prev.name],
-                      {"method": "avg-repeat", "t_in": 1, "t_out": steps}, shape=in_shape,
-                      T=steps, origin="the input, presented on every step"))
-    for i in blocks:
-        layer = layers[i]
-        type_ = layer["type"]
-        if type_ == "dense" and len(prev.shape) == 3:
-            prev = _add(g, Node(f"layer{i}.flatten", "flatten", [prev.name], T=steps,
-                                origin="netx flattens (x,y,z) as C,H,W"))
-        fields = _fields(layer, path, i)
-        kind_name, form = form_for_layer(type_, path)
-        attrs, params = form.read(fields)
-        lin = _add(g, Node(f"layer{i}", kind_name, [prev.name], attrs, params, T=steps,
-                           origin=f"/layer/{i}"))
-        neuron = {k: (v if k == "type" else _scalar_int(v))
-                  for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
-        bias = _bias_chw(layer, lin.shape)
-        if i == blocks[-1] and _is_accumulator(neuron, bias):
-            prev = _add(g, Node(f"layer{i}.readout", "readout", [lin.name], {"exp": 0},
-                                {"bias_int": bias}, T=steps, origin=f"/layer/{i}/neuron"))
-            continue
-        if i == blocks[-1] and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
-            raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
-                             "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
-        kind_name, form = form_for_neuron(neuron, f"{path}: layer {i}")
-        attrs, params = form.read({"neuron": neuron, "bias": bias, "shape": lin.shape})
-        prev = _add(g, Node(f"layer{i}.neuron", kind_name, [lin.name], attrs, params, T=steps,
-                            origin=f"/layer/{i}/neuron"))
-    if not is_readout(prev):
-        prev = _add(g, Node("readout", "readout", [prev.name], {"exp": 0},
-                            {"bias_int": np.zeros(prev.shape, np.int64)}, T=steps,
-                            origin="spike rate of the last layer"))
-    g.output = prev.name
-    g.meta.update({"converted": True, "quantized": True, "source": "netx", "netx_steps": steps,
-                   "alignment": "none", "neuron": "cuba", "v_init": 0.0, "seed": 0,
-                   "input_exp": 0, "input_bits": 8, "input_max": 127.0})
-    g.validate()
-    return g
+    inp = _add_from_table(g, "input", form_for_layer("input", path), {"shape": in_shape}, [], 1,
+                     "/layer/0" if layers[0]["type"] == "input" else "network input")
+    return _add_from_table(g, "align.input", form_for_part(PRESENTATION), {"steps": steps},
+                      [inp.name], steps, "the input, presented on every step")
+
+
+def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, last: bool) -> Node:
+    """Layer ``i``'s synapse and neuron group (a flatten first where a dense reads a map)."""
+    if layer["type"] == "dense" and len(prev.shape) == 3:
+        prev = _add_from_table(g, f"layer{i}.flatten", form_for_layer("flatten", path), {},
+                          [prev.name], steps, "netx flattens (x,y,z) as C,H,W")
+    lin = _add_from_table(g, f"layer{i}", form_for_layer(layer["type"], path),
+                     _fields(layer, path, i), [prev.name], steps, f"/layer/{i}")
+    neuron = {k: (v if k == "type" else scalar_int(v))
+              for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
+    bias = _bias_chw(layer, lin.shape)
+    if last and _is_accumulator(neuron, bias):
+        return _add_from_table(g, f"layer{i}.readout", form_for_part(READOUT), {"bias": bias},
+                          [lin.name], steps, f"/layer/{i}/neuron")
+    if last and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
+        raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
+                         "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
+    return _add_from_table(g, f"layer{i}.neuron", form_for_neuron(neuron, f"{path}: layer {i}"),
+                      {"neuron": neuron, "bias": bias, "shape": lin.shape}, [lin.name], steps,
+                      f"/layer/{i}/neuron")
+
+
+def _add_from_table(g: Graph, name: str, found: tuple[str, NetxForm], fields: dict,
+                    inputs: list[str], steps: int, origin: str) -> Node:
+    """A node of the kind the NetX table picked, read from ``fields``, added with its shape."""
+    kind_name, form = found
+    attrs, params = form.read(fields)
+    return _add(g, Node(name, kind_name, inputs, attrs, params, T=steps, origin=origin))
 
 
 def _add(g: Graph, node: Node) -> Node:
@@ -254,6 +273,6 @@ def _fields(layer: dict, path, i: int) -> dict:
             raise InputError(f"{path}: layer {i}: {exc}") from None
         return {"weight": w}
     w = w.astype(np.int64)
-    return {"weight": w.reshape(w.shape[:4]), "stride": _yx(layer["stride"]),
-            "padding": _yx(layer["padding"]), "dilation": _yx(layer["dilation"]),
+    return {"weight": w.reshape(w.shape[:4]), "stride": yx_pair(layer["stride"]),
+            "padding": yx_pair(layer["padding"]), "dilation": yx_pair(layer["dilation"]),
             "groups": int(np.asarray(layer["groups"]).reshape(-1)[0])}
