@@ -40,7 +40,7 @@ from mtdeploy.api import load_model  # noqa: E402
 from mtdeploy.io import write_json  # noqa: E402
 from mtdeploy.search import search  # noqa: E402
 from mtdeploy.search.engine import LEVEL_CHOICES  # noqa: E402
-from mtdeploy.search.files import split_calibration  # noqa: E402
+from mtdeploy.search.data import split_calibration  # noqa: E402
 from mtdeploy.search.front import front_table, plot_front  # noqa: E402
 from mtdeploy.sim.ann import ann_forward  # noqa: E402
 from mtdeploy.sim.reference import simulate  # noqa: E402

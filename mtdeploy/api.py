@@ -1,4 +1,9 @@
-"""The Python API the CLI is a thin shell over: load, compile, simulate."""
+"""The Python API the CLI is a thin shell over: load, compile, simulate.
+
+It takes Python values (and model or build paths, the documented ``mtdeploy.compile(path)``)
+and raises :mod:`mtdeploy.errors` naming parameters, never command-line options: the CLI
+translates those names into its flags.
+"""
 from __future__ import annotations
 
 import time
@@ -8,11 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from mtdeploy import frontends
+from mtdeploy.frontends.netx import read_netx
 from mtdeploy.errors import DoesNotFitError, InputError
+from mtdeploy.io import atomic_dir, write_json, write_text
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 from mtdeploy.report import build_report, report_markdown
+from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
+from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
 
 
@@ -20,8 +30,6 @@ def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
     """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net, .mtsnn.h5) -> IR."""
     if isinstance(model, Graph):
         return model.copy()
-    from mtdeploy import frontends
-
     if isinstance(model, (str, Path)):
         return frontends.load_model_graph(model, input_shape, trust_pickle=trust_pickle)
     return frontends.graph_from_module(model, input_shape)
@@ -29,6 +37,8 @@ def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
 
 @dataclass
 class Build:
+    """A compiled network with its schedule and report; ``out_dir`` is None when not written."""
+
     out_dir: Path | None
     graph: Graph
     schedule: dict
@@ -53,12 +63,12 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
                              v_init=v_init, seed=seed, input_max=input_max)
     if graph.meta.get("converted"):
         # A .net / .mtsnn.h5 (mtdeploy's or lava-dl's) holds a converted, quantized network.
-        changed = [name for name, value in (("--timesteps", timesteps), ("--input-max", input_max))
+        changed = [name for name, value in (("timesteps", timesteps), ("input_max", input_max))
                    if value is not None]
         changed += [name for name, value, default in (
-            ("--alignment", alignment, "avg-repeat"), ("--neuron", neuron, "if"),
-            ("--v-init", v_init, 0.5), ("--seed", seed, 0), ("--weight-bits", weight_bits, 8),
-            ("--input-bits", input_bits, 8)) if value != default]
+            ("alignment", alignment, "avg-repeat"), ("neuron", neuron, "if"),
+            ("v_init", v_init, 0.5), ("seed", seed, 0), ("weight_bits", weight_bits, 8),
+            ("input_bits", input_bits, 8)) if value != default]
         if changed:
             raise InputError(f"{', '.join(changed)}: the model is already converted and quantized "
                              "(a .net file); these options apply to PyTorch models only")
@@ -99,9 +109,6 @@ def _findings_text(check, target) -> str:
 
 
 def _write_build(build: Build) -> None:
-    from mtdeploy.io import atomic_dir, write_json, write_text
-    from mtdeploy.targets.loihi2.netx.writer import NETX_FILE, write_build_network
-
     with atomic_dir(build.out_dir) as tmp:
         name, notes = write_build_network(build.graph, tmp)
         stock = {"loadable": name == NETX_FILE, "file": name,
@@ -117,10 +124,7 @@ def load_build(build_dir) -> Graph:
     """The converted, quantized graph of a build directory."""
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
-        raise InputError(f"{build_dir}: not a build directory (run 'mtdeploy compile' first)")
-    from mtdeploy.frontends.netx import read_netx
-    from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE
-
+        raise InputError(f"{build_dir}: not a build directory (compile a model into it first)")
     # network.net when stock netx loads the network, else network.mtsnn.h5: either holds the
     # whole MT-SNN in its /mtdeploy extension.
     path = next((build_dir / n for n in (NETX_FILE, MTSNN_FILE) if (build_dir / n).is_file()), None)
@@ -137,13 +141,11 @@ def simulate_build(build_dir_or_graph, x: np.ndarray, backend: str = "reference"
     graph = build_dir_or_graph if isinstance(build_dir_or_graph, Graph) \
         else load_build(build_dir_or_graph)
     if backend == "reference":
-        from mtdeploy.sim.reference import simulate
-
         result = simulate(graph, x, mode="fixed" if fixed_point else "float", seed=seed,
                           progress=progress)
         return result.output, result
     if backend == "lava":
-        from mtdeploy.targets.loihi2.lava import run_lava
+        from mtdeploy.targets.loihi2.lava import run_lava   # Lava is optional: load it on use
 
         return run_lava(graph, x, fixed_point=fixed_point, seed=seed), None
-    raise InputError(f"--backend must be 'reference' or 'lava', got {backend!r}")
+    raise InputError(f"backend must be 'reference' or 'lava', got {backend!r}")

@@ -11,7 +11,7 @@ from mtdeploy.errors import InputError
 from mtdeploy.passes import convert
 from mtdeploy.search import Budget, GraphModule, parse_budget, search
 from mtdeploy.search.costs import FanoutModel, spike_counts
-from mtdeploy.search.files import split_calibration
+from mtdeploy.search.data import split_calibration
 from mtdeploy.search.pareto import knapsack_front, non_dominated
 from mtdeploy.sim.ann import ann_forward
 from mtdeploy.sim.reference import simulate

@@ -45,17 +45,17 @@ def parse_budget(text: str | None) -> Budget | None:
     raw = str(text).strip()
     key, sep, value_text = raw.partition("=")
     if not sep:
-        raise InputError(f"--budget {raw!r}: expected METRIC=VALUE, e.g. {_FORMS}")
+        raise InputError(f"budget {raw!r}: expected METRIC=VALUE, e.g. {_FORMS}")
     key = key.strip().lower().replace("_", "-")
     if key not in _METRICS:
-        raise InputError(f"--budget {raw!r}: unknown metric {key!r}; use {_FORMS}")
+        raise InputError(f"budget {raw!r}: unknown metric {key!r}; use {_FORMS}")
     metric, integral = _METRICS[key]
     try:
         value = float(value_text.strip())
     except ValueError:
-        raise InputError(f"--budget {raw!r}: {value_text.strip()!r} is not a number") from None
+        raise InputError(f"budget {raw!r}: {value_text.strip()!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"--budget {raw!r}: the value must be a positive number")
+        raise InputError(f"budget {raw!r}: the value must be a positive number")
     if integral and not value.is_integer():
-        raise InputError(f"--budget {raw!r}: {_LABELS[metric]} is a whole number")
+        raise InputError(f"budget {raw!r}: {_LABELS[metric]} is a whole number")
     return Budget(metric, value)

@@ -1,4 +1,4 @@
-"""The search's Pareto front as JSON, a PNG plot and a text table.
+"""The search's Pareto front as a PNG plot and a text table (``SearchResult.to_json`` is the JSON).
 
 The plot puts accuracy against every cost the design asks for (mean T, sum T, SynOps with the
 energy convention as a second axis, cores when measured), with the uniform-T QCFS points on the
@@ -6,16 +6,12 @@ same axes, so that a reader sees at once whether mixed timesteps buy anything.
 """
 from __future__ import annotations
 
-from mtdeploy.io import atomic_path, write_json
-from mtdeploy.metrics.energy import E_AC_45NM_PJ
-from mtdeploy.search.engine import SearchResult
+from mtdeploy.io import atomic_path
+from mtdeploy.metrics.energy import E_AC_45NM_PJ, E_MAC_45NM_PJ
+from mtdeploy.search.result import SearchResult
 
 _AXES = [("mean_T", "mean T (papers' latency)"), ("sum_T", "sum T (layer-sequential steps)"),
          ("synops", "SynOps per sample"), ("cores", "neuro-cores")]
-
-
-def write_front_json(result: SearchResult, path) -> None:
-    write_json(path, result.to_json())
 
 
 def plot_front(result: SearchResult, path, title: str | None = None) -> None:
@@ -62,7 +58,8 @@ def plot_front(result: SearchResult, path, title: str | None = None) -> None:
             sec = ax.secondary_xaxis("top", functions=(
                 lambda s, m=macs_pj: E_AC_45NM_PJ * s + m,
                 lambda e, m=macs_pj: (e - m) / E_AC_45NM_PJ))
-            sec.set_xlabel("energy per sample, pJ (0.9 pJ/AC, 4.6 pJ/MAC)", fontsize=8)
+            sec.set_xlabel(f"energy per sample, pJ ({E_AC_45NM_PJ:g} pJ/AC, "
+                           f"{E_MAC_45NM_PJ:g} pJ/MAC)", fontsize=8)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("validation accuracy (%) = SNN accuracy")

@@ -1,0 +1,5 @@
+import sys
+
+from mtdeploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""The command line's options, one function per verb, and the map from the API's parameter
+names to those options (the API names parameters in its errors; users typed options)."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from mtdeploy import __version__
+from mtdeploy.cli.values import shape
+
+MODEL_HELP = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "
+              "unpickling runs code from the file), an mtdeploy .mtir, a NetX .net, or a "
+              "build's network.mtsnn.h5")
+INPUT_SHAPE_HELP = ("one sample's shape without batch, e.g. 1,8,8 (not needed for models saved "
+                    "with mtdeploy.nn.save_traced, which record it)")
+BUILD_HELP = "a build directory written by 'mtdeploy compile'"
+
+# Per verb: API parameter -> the option that sets it, for error messages that lead with the
+# parameter's name (``budget 'x': ...`` is shown as ``--budget 'x': ...``).
+OPTIONS = {
+    "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "alignment": "--alignment",
+                "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
+                "weight_bits": "--weight-bits"},
+    "check": {"timesteps": "--timesteps"},
+    "simulate": {"backend": "--backend", "seed": "--seed"},
+    "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
+               "finetune_epochs": "--epochs", "threads": "--threads"},
+}
+_LEADING_NAMES = re.compile(r"[a-z_]+(?:, [a-z_]+)*(?![\w-])")
+
+
+def in_options(verb: str, message: str) -> str:
+    """``message`` with the parameter names it starts with spelled as ``verb``'s options;
+    unchanged unless every leading name is one of them."""
+    options = OPTIONS.get(verb, {})
+    lead = _LEADING_NAMES.match(message)
+    if not lead or not all(name in options for name in lead.group().split(", ")):
+        return message
+    return ", ".join(options[n] for n in lead.group().split(", ")) + message[lead.end():]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same prefix and exit code as ours
+        self.print_usage(sys.stderr)
+        print(f"mtdeploy: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mtdeploy", description="Deploy mixed-timestep spiking neural networks "
+                "(QCFS-trained PyTorch ANNs) on Loihi-style neuromorphic chips.")
+    p.add_argument("--version", action="version", version=f"mtdeploy {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    _add_compile(sub)
+    _add_check(sub)
+    _add_simulate(sub)
+    _add_ladder(sub)
+    sub.add_parser("targets", help="list the hardware profiles and their sources")
+    _add_search(sub)
+    return p
+
+
+def _add_model(p, target_help: str | None) -> None:
+    """The model and what reading it needs: every verb that imports a model takes these."""
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--target", default="loihi2", help=target_help)
+    p.add_argument("--input-shape", type=shape, help=INPUT_SHAPE_HELP)
+
+
+def _add_trust_pickle(p) -> None:
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickled nn.Module (runs code from the file)")
+
+
+def _add_compile(sub) -> None:
+    c = sub.add_parser("compile", help="convert, check and build a model for a target")
+    _add_model(c, "profile name (see 'mtdeploy targets') or YAML path")
+    c.add_argument("-o", "--output", default="build", help="build directory (default: build/)")
+    c.add_argument("--timesteps", help="T for all layers (int), or per layer as JSON / a JSON "
+                   "file; default: each layer's QCFS levels")
+    c.add_argument("--alignment", default="avg-repeat", choices=["avg-repeat", "ttm", "none"])
+    c.add_argument("--neuron", default="if", choices=["if", "tpp"])
+    c.add_argument("--v-init", type=float, default=0.5,
+                   help="initial membrane potential as a fraction of the threshold (0.5; 0 to "
+                   "compare)")
+    c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
+                   "scale; default 1.0)")
+    c.add_argument("--weight-bits", type=int, default=8)
+    c.add_argument("--seed", type=int, default=0, help="seed of the TPP neurons' random stream")
+    _add_trust_pickle(c)
+
+
+def _add_check(sub) -> None:
+    k = sub.add_parser("check", help="hardware budget findings only")
+    _add_model(k, None)
+    k.add_argument("--timesteps")
+    k.add_argument("--json", action="store_true", help="findings as JSON on stdout")
+    _add_trust_pickle(k)
+
+
+def _add_simulate(sub) -> None:
+    s = sub.add_parser("simulate", help="run a build on inputs")
+    s.add_argument("build", help=BUILD_HELP)
+    s.add_argument("--input", required=True,
+                   help="X.npy (N, *input_shape) or a labelled .npz (x, y)")
+    s.add_argument("--backend", default="reference", choices=["reference", "lava"])
+    s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
+    s.add_argument("--seed", type=int, help="TPP seed (default: the build's)")
+    s.add_argument("-o", "--output", help="write the outputs (N, classes) to this .npy")
+
+
+def _add_ladder(sub) -> None:
+    la = sub.add_parser("ladder", help="layer by layer: QCFS ANN -> float SNN -> fixed-point "
+                        "SNN -> Lava; names the first layer that diverges")
+    la.add_argument("build", help=BUILD_HELP)
+    la.add_argument("--input", required=True, help="X.npy or a labelled .npz (a few samples: "
+                    "Lava's CPU simulator is slow)")
+    la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
+
+
+def _add_search(sub) -> None:
+    se = sub.add_parser("search", help="per-layer timestep search under a budget")
+    _add_model(se, "profile for core counts (cores= budget)")
+    se.add_argument("--data", required=True, help="labelled samples (.npz with x, y); split into "
+                    "calibration and validation unless --val is given")
+    se.add_argument("--val", help="separate validation data (.npz with x, y)")
+    se.add_argument("--val-fraction", type=float, default=0.3,
+                    help="share of --data held out for validation (default 0.3, stratified)")
+    se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "
+                    "cores=N; default: the most accurate configuration")
+    se.add_argument("-o", "--output", required=True,
+                    help="the searched model as TorchScript .pt (ready for 'mtdeploy compile')")
+    se.add_argument("--front", help="Pareto front JSON (default: OUTPUT with .front.json)")
+    se.add_argument("--plot", help="Pareto front plot (.png)")
+    se.add_argument("--seed", type=int, default=0, help="seed of the split and fine-tuning (0)")
+    se.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    se.add_argument("--epochs", type=int, default=5,
+                    help="threshold fine-tuning epochs per candidate (default 5; 0: none)")
+    se.add_argument("--finetune-weights", action="store_true",
+                    help="fine-tune the weights too (thresholds only by default)")
+    se.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is "
+                    "fastest for small models on a busy machine)")
+    _add_trust_pickle(se)
