@@ -7,61 +7,15 @@ seeded random (the budget depends on shapes and non-zero structure, not on value
 """
 from __future__ import annotations
 
-import numpy as np
+from mtdeploy.ir.graph import Graph
+from mtdeploy.testing import GraphBuilder
 
-from mtdeploy.ir.graph import Graph, Node
+THRESHOLD = 4.0
 
 
-class _Builder:
-    def __init__(self, name: str, input_shape, levels: int, seed: int):
-        self.g = Graph(name)
-        self.rng = np.random.default_rng(seed)
-        self.levels = levels
-        self.g.add(Node("input", "input", attrs={"shape": list(input_shape)}, shape=tuple(input_shape)))
-        self.shapes = {"input": tuple(input_shape)}
-
-    def _add(self, node: Node) -> str:
-        self.g.add(node)
-        from mtdeploy.kinds import kind_of
-
-        node.shape = tuple(int(s) for s in kind_of(node).infer_shape(
-            node, [self.g[i].shape for i in node.inputs]))
-        return node.name
-
-    def conv(self, name, x, c_out, k=3, stride=1, padding=1) -> str:
-        c_in = self.g[x].shape[0]
-        w = self.rng.standard_normal((c_out, c_in, k, k), dtype=np.float32) * np.sqrt(2 / (c_in * k * k))
-        return self._add(Node(name, "conv", [x], {"stride": [stride] * 2, "padding": [padding] * 2,
-                                                   "dilation": [1, 1], "groups": 1, "in_channels": c_in,
-                                                   "out_channels": c_out, "kernel": [k, k]},
-                              {"weight": w, "bias": np.zeros(c_out, np.float32)}))
-
-    def linear(self, name, x, n_out) -> str:
-        n_in = self.g[x].shape[0]
-        w = self.rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2 / n_in)
-        return self._add(Node(name, "linear", [x], {"in_features": n_in, "out_features": n_out},
-                              {"weight": w, "bias": np.zeros(n_out, np.float32)}))
-
-    def qcfs(self, name, x) -> str:
-        return self._add(Node(name, "qcfs", [x], {"levels": self.levels},
-                              {"threshold": np.asarray(4.0, np.float32)}))
-
-    def pool(self, name, x, k=2, stride=None, padding=0, global_=False) -> str:
-        attrs = {"global": global_, "kernel": None if global_ else [k, k],
-                 "stride": None if global_ else [stride or k] * 2, "padding": [padding] * 2,
-                 "count_include_pad": True}
-        return self._add(Node(name, "avgpool", [x], attrs))
-
-    def flatten(self, name, x) -> str:
-        return self._add(Node(name, "flatten", [x]))
-
-    def add(self, name, *xs) -> str:
-        return self._add(Node(name, "add", list(xs)))
-
-    def done(self, out: str) -> Graph:
-        self.g.output = out
-        self.g.validate()
-        return self.g
+def _builder(name: str, input_shape, levels: int, seed: int) -> GraphBuilder:
+    return GraphBuilder(name, input_shape, seed, init="he", levels=levels, threshold=THRESHOLD,
+                        input_name="input")
 
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -69,42 +23,50 @@ VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 
 def vgg16(levels: int = 4, num_classes: int = 10, seed: int = 0) -> Graph:
     """QCFS VGG-16 for CIFAR (the QCFS paper's classifier: 512-4096-4096-classes)."""
-    b = _Builder("vgg16_cifar", (3, 32, 32), levels, seed)
-    x, i, p = "input", 0, 0
+    b = _builder("vgg16_cifar", (3, 32, 32), levels, seed)
+    i, p = 0, 0
     for v in VGG16_CFG:
         if v == "M":
             p += 1
-            x = b.pool(f"features.pool{p}", x)
+            b.pool(name=f"features.pool{p}")
         else:
             i += 1
-            x = b.qcfs(f"features.act{i}", b.conv(f"features.conv{i}", x, v))
-    x = b.flatten("flatten", x)
-    x = b.qcfs("classifier.act1", b.linear("classifier.fc1", x, 4096))
-    x = b.qcfs("classifier.act2", b.linear("classifier.fc2", x, 4096))
-    return b.done(b.linear("classifier.fc3", x, num_classes))
+            b.conv(v, name=f"features.conv{i}")
+            b.qcfs(name=f"features.act{i}")
+    b.flatten(name="flatten")
+    for j, width in enumerate((4096, 4096), start=1):
+        b.linear(width, name=f"classifier.fc{j}")
+        b.qcfs(name=f"classifier.act{j}")
+    return b.done(b.linear(num_classes, name="classifier.fc3"))
 
 
 def _resnet(name, input_shape, blocks, levels, num_classes, seed, imagenet) -> Graph:
-    b = _Builder(name, input_shape, levels, seed)
+    b = _builder(name, input_shape, levels, seed)
     if imagenet:
-        x = b.qcfs("stem.act", b.conv("stem.conv", "input", 64, k=7, stride=2, padding=3))
-        x = b.pool("stem.pool", x, k=3, stride=2, padding=1)
+        b.conv(64, k=7, stride=2, padding=3, name="stem.conv")
+        b.qcfs(name="stem.act")
+        x = b.pool(k=3, stride=2, padding=1, name="stem.pool")
     else:
-        x = b.qcfs("stem.act", b.conv("stem.conv", "input", 64))
+        b.conv(64, name="stem.conv")
+        x = b.qcfs(name="stem.act")
     channels = 64
     for stage, (width, n) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
         for j in range(n):
             stride = 2 if (stage > 1 and j == 0) else 1
             pre = f"layer{stage}.{j}"
-            h = b.qcfs(f"{pre}.act1", b.conv(f"{pre}.conv1", x, width, stride=stride))
-            h = b.conv(f"{pre}.conv2", h, width)
+            b.conv(width, stride=stride, src=x, name=f"{pre}.conv1")
+            b.qcfs(name=f"{pre}.act1")
+            h = b.conv(width, name=f"{pre}.conv2")
             short = x
             if stride != 1 or channels != width:
-                short = b.conv(f"{pre}.downsample", x, width, k=1, stride=stride, padding=0)
-            x = b.qcfs(f"{pre}.act2", b.add(f"{pre}.add", h, short))
+                short = b.conv(width, k=1, stride=stride, padding=0, src=x,
+                               name=f"{pre}.downsample")
+            b.add(h, short, name=f"{pre}.add")
+            x = b.qcfs(name=f"{pre}.act2")
             channels = width
-    x = b.flatten("flatten", b.pool("avgpool", x, global_=True))
-    return b.done(b.linear("fc", x, num_classes))
+    b.pool(global_=True, name="avgpool")
+    b.flatten(name="flatten")
+    return b.done(b.linear(num_classes, name="fc"))
 
 
 def resnet18(levels: int = 4, num_classes: int = 10, seed: int = 0) -> Graph:
