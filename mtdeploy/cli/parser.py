@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from mtdeploy import __version__
+from mtdeploy.version import __version__
 from mtdeploy.cli.values import shape
 
 MODEL_HELP = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "

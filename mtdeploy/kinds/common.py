@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtdeploy.errors import InputError
+
 
 def pair(v) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
@@ -44,6 +46,15 @@ def row_gain(w) -> float | None:
 
 def sliding_output(size: int, k: int, s: int, p: int, d: int = 1) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def channels_and_sizes(node, in_shape, spatial: int) -> tuple[int, list[int]]:
+    """(C, spatial sizes) of a (C, *sizes) input, checked to have ``spatial`` sizes."""
+    c, *sizes = in_shape
+    if len(sizes) != spatial:
+        raise InputError(f"{node.label()}: expects a {spatial + 1}-D input per sample, got "
+                         f"{tuple(in_shape)}")
+    return c, sizes
 
 
 # ---- reading a layer's options from a TorchScript submodule -------------------------------

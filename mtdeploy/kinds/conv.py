@@ -12,9 +12,9 @@ from torch import nn
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.kind import NodeKind, dims3, register
-from mtdeploy.kinds.common import (ScriptConfigError, copy_weighted, pair, row_gain, script_option,
-                                   single, sliding_output, to_numpy, to_tensor, traced_argument,
-                                   window, with_state, write_weighted)
+from mtdeploy.kinds.common import (ScriptConfigError, channels_and_sizes, copy_weighted, pair,
+                                   row_gain, script_option, single, sliding_output, to_numpy,
+                                   to_tensor, traced_argument, window, with_state, write_weighted)
 
 _CONV_OP = "aten::_convolution"   # (input, weight, bias, stride, padding, dilation, transposed, ..)
 
@@ -25,6 +25,10 @@ class _Convolution(NodeKind):
     weighted = True
     spatial: int
     module_type: type[nn.Module]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.torch_types = (cls.module_type,)
 
     def _option(self, v) -> list[int]:
         return pair(v) if self.spatial == 2 else [single(v)]
@@ -65,11 +69,8 @@ class _Convolution(NodeKind):
         write_weighted(module, node)
 
     def infer_shape(self, node, in_shapes):
-        c, *sizes = in_shapes[0]
+        c, sizes = channels_and_sizes(node, in_shapes[0], self.spatial)
         a = node.attrs
-        if len(sizes) != self.spatial:
-            raise InputError(f"{node.label()}: expects a {self.spatial + 1}-D input per sample, "
-                             f"got {tuple(in_shapes[0])}")
         if c != a["in_channels"]:
             raise InputError(f"{node.label()}: expects {a['in_channels']} input channels, got {c}")
         out = [sliding_output(n, k, s, p, d) for n, k, s, p, d in
@@ -110,17 +111,11 @@ class _Convolution(NodeKind):
 
 @register
 class ConvKind(_Convolution):
-    name = "conv"
-    spatial = 2
-    module_type = nn.Conv2d
-    torch_types = (nn.Conv2d,)
+    name, spatial, module_type = "conv", 2, nn.Conv2d
     description = "2-D convolution (stride, padding, dilation, groups), OIHW weights"
 
 
 @register
 class Conv1dKind(_Convolution):
-    name = "conv1d"
-    spatial = 1
-    module_type = nn.Conv1d
-    torch_types = (nn.Conv1d,)
+    name, spatial, module_type = "conv1d", 1, nn.Conv1d
     description = "1-D convolution over (C, L) signals (stride, padding, dilation, groups), OIL weights"

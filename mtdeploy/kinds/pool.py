@@ -15,14 +15,20 @@ from torch import nn
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.kind import NodeKind, dims3, register
-from mtdeploy.kinds.common import pair, script_option, single, sliding_output, window
+from mtdeploy.kinds.common import (channels_and_sizes, pair, script_option, single,
+                                   sliding_output, window)
 
 
 class _AveragePool(NodeKind):
     spatial: int
     pool_type: type[nn.Module]
     adaptive_type: type[nn.Module]
-    script_op: str         # the traced op: (input, kernel, stride, padding, ceil_mode, cip, ...)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.torch_types = (cls.pool_type, cls.adaptive_type)
+        # the traced op's arguments: (input, kernel, stride, padding, ceil_mode, cip, ...)
+        cls.script_op = f"aten::avg_pool{cls.spatial}d"
 
     def _option(self, v) -> list[int]:
         return pair(v) if self.spatial == 2 else [single(v)]
@@ -66,11 +72,8 @@ class _AveragePool(NodeKind):
                               count_include_pad=bool(a["count_include_pad"]))
 
     def infer_shape(self, node, in_shapes):
-        c, *sizes = in_shapes[0]
+        c, sizes = channels_and_sizes(node, in_shapes[0], self.spatial)
         a = node.attrs
-        if len(sizes) != self.spatial:
-            raise InputError(f"{node.label()}: expects a {self.spatial + 1}-D input per sample, "
-                             f"got {tuple(in_shapes[0])}")
         if a.get("global"):
             # Resolve the global pool against the actual input once shapes are known.
             a["kernel"], a["stride"] = list(sizes), list(sizes)
@@ -115,19 +118,11 @@ class _AveragePool(NodeKind):
 
 @register
 class AvgPoolKind(_AveragePool):
-    name = "avgpool"
-    spatial = 2
-    pool_type, adaptive_type = nn.AvgPool2d, nn.AdaptiveAvgPool2d
-    torch_types = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-    script_op = "aten::avg_pool2d"
+    name, spatial, pool_type, adaptive_type = "avgpool", 2, nn.AvgPool2d, nn.AdaptiveAvgPool2d
     description = "2-D average pooling (AdaptiveAvgPool2d only to 1x1, as a global pool)"
 
 
 @register
 class AvgPool1dKind(_AveragePool):
-    name = "avgpool1d"
-    spatial = 1
-    pool_type, adaptive_type = nn.AvgPool1d, nn.AdaptiveAvgPool1d
-    torch_types = (nn.AvgPool1d, nn.AdaptiveAvgPool1d)
-    script_op = "aten::avg_pool1d"
+    name, spatial, pool_type, adaptive_type = "avgpool1d", 1, nn.AvgPool1d, nn.AdaptiveAvgPool1d
     description = "1-D average pooling over (C, L) (AdaptiveAvgPool1d only to 1, as a global pool)"

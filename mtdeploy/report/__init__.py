@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mtdeploy import __version__
+from mtdeploy.version import __version__
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.snn import incoming_edges, is_source, populations
 

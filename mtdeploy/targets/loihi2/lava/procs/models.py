@@ -1,5 +1,7 @@
 """CPU models of the MT-SNN processes: ``fixed_pt`` (integers, semantics §3) and ``floating_pt``
-(semantics §2). Each pair shares its step logic; the subclasses only declare the number types.
+(semantics §2). Each pair shares its step logic (a ``_...Base`` class); :func:`_models` makes the
+two decorated classes Lava looks up, which differ only in the number types of their ports and
+state (Lava reads them from ``LavaPyType`` class attributes, per class).
 
 Imports are absolute: Lava's compiler executes this file on its own when it looks for models.
 """
@@ -22,6 +24,33 @@ STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1   # 24-bit membrane (semantics §
 I64 = np.int64
 
 
+_PORT_TYPES = {"in": PyInPort.VEC_DENSE, "out": PyOutPort.VEC_DENSE, "var": np.ndarray}
+
+
+def _models(proc, base, fields: dict[str, tuple], fixed: dict | None = None,
+            floating: dict | None = None) -> None:
+    """Define ``Py<Proc>Fixed`` (``fixed_pt``) and ``Py<Proc>Float`` (``floating_pt``) in this
+    module: ``base``'s logic with each field typed for the mode. A field ``(where, bits)`` is an
+    integer of ``bits`` bits in fixed point and a float in floating point; ``(where, dtype,
+    bits)`` is that type in both. ``fixed``/``floating``: further class attributes per mode."""
+    for mode, suffix, extra in (("fixed_pt", "Fixed", fixed), ("floating_pt", "Float", floating)):
+        attrs = {"__module__": __name__, **(extra or {})}
+        for name, (where, *spec) in fields.items():
+            if len(spec) == 2:
+                attrs[name] = LavaPyType(_PORT_TYPES[where], spec[0], precision=spec[1])
+            elif mode == "fixed_pt":
+                attrs[name] = LavaPyType(_PORT_TYPES[where], I64, precision=spec[0])
+            else:
+                attrs[name] = LavaPyType(_PORT_TYPES[where], float)
+        cls = type(f"Py{proc.__name__}{suffix}", (base,), attrs)
+        globals()[cls.__name__] = implements(proc=proc, protocol=LoihiProtocol)(
+            requires(CPU)(tag(mode)(cls)))
+
+
+SPIKES = ("out", np.int32, 1)          # binary spikes on the wire in both modes
+COUNTS = ("var", I64, 32)              # recorded spike counts per sample
+
+
 class _Clocked(PyLoihiProcessModel):
     """Step inside the sample period and the sample index, from Lava's 1-based time step."""
 
@@ -41,20 +70,7 @@ class _SourceBase(_Clocked):
             self.s_out.send(np.zeros(self.s_out.shape, self.data.dtype))
 
 
-@implements(proc=SampleSource, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PySampleSourceFixed(_SourceBase):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, I64, precision=24)
-    data: np.ndarray = LavaPyType(np.ndarray, I64, precision=24)
-
-
-@implements(proc=SampleSource, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PySampleSourceFloat(_SourceBase):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    data: np.ndarray = LavaPyType(np.ndarray, float)
+_models(SampleSource, _SourceBase, {"s_out": ("out", 24), "data": ("var", 24)})
 
 
 # ---- integrate-and-fire -------------------------------------------------------------------
@@ -80,27 +96,9 @@ class _IFBase(_Clocked):
             self.s_out.send(np.zeros(self.s_out.shape, np.int32))
 
 
-@implements(proc=IFNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyIFNeuronFixed(_IFBase):
-    saturate = True
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    v: np.ndarray = LavaPyType(np.ndarray, I64, precision=24)
-    bias: np.ndarray = LavaPyType(np.ndarray, I64, precision=24)
-    counts: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-
-
-@implements(proc=IFNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyIFNeuronFloat(_IFBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    counts: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
+_models(IFNeuron, _IFBase, {"a_in": ("in", 32), "s_out": SPIKES, "v": ("var", 24),
+                           "bias": ("var", 24), "counts": COUNTS},
+        fixed={"saturate": True})
 
 
 # ---- two-phase probabilistic --------------------------------------------------------------
@@ -130,37 +128,21 @@ class _TPPBase(_Clocked):
         self.s_out.send(s)
 
 
-@implements(proc=TPPNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyTPPNeuronFixed(_TPPBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    v: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-    bias: np.ndarray = LavaPyType(np.ndarray, I64, precision=24)
-    neuron_ids: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-    counts: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-
-    def fire(self, r, remaining):
-        # s = [r * (T-k+1) * th < v * 2^24]: the Bernoulli test without a division.
-        th = int(self.proc_params["threshold"])
-        return r.astype(I64) * (remaining * th) < self.v * (1 << rng.UNIFORM_BITS)
+def _fire_fixed(self, r, remaining):
+    # s = [r * (T-k+1) * th < v * 2^24]: the Bernoulli test without a division.
+    th = int(self.proc_params["threshold"])
+    return r.astype(I64) * (remaining * th) < self.v * (1 << rng.UNIFORM_BITS)
 
 
-@implements(proc=TPPNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyTPPNeuronFloat(_TPPBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    neuron_ids: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-    counts: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
+def _fire_float(self, r, remaining):
+    prob = np.clip(self.v / (self.proc_params["threshold"] * remaining), 0.0, 1.0)
+    return r / float(1 << rng.UNIFORM_BITS) < prob
 
-    def fire(self, r, remaining):
-        prob = np.clip(self.v / (self.proc_params["threshold"] * remaining), 0.0, 1.0)
-        return r / float(1 << rng.UNIFORM_BITS) < prob
+
+_models(TPPNeuron, _TPPBase, {"a_in": ("in", 32), "s_out": SPIKES, "v": ("var", 32),
+                             "bias": ("var", 24), "neuron_ids": ("var", I64, 32),
+                             "counts": COUNTS},
+        fixed={"fire": _fire_fixed}, floating={"fire": _fire_float})
 
 
 # ---- alignment ----------------------------------------------------------------------------
@@ -179,22 +161,8 @@ class _AvgRepeatBase(_Clocked):
             self.a_out.send(np.zeros(self.a_out.shape, self.acc.dtype))
 
 
-@implements(proc=AlignAvgRepeat, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyAlignAvgRepeatFixed(_AvgRepeatBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, I64, precision=32)
-    acc: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-
-
-@implements(proc=AlignAvgRepeat, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyAlignAvgRepeatFloat(_AvgRepeatBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    acc: np.ndarray = LavaPyType(np.ndarray, float)
+_models(AlignAvgRepeat, _AvgRepeatBase, {"a_in": ("in", 32), "a_out": ("out", 32),
+                                         "acc": ("var", 32)})
 
 
 class _TTMBase(_Clocked):
@@ -213,24 +181,8 @@ class _TTMBase(_Clocked):
             self.a_out.send(np.zeros(self.a_out.shape, self.buffer.dtype))
 
 
-@implements(proc=AlignTTM, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyAlignTTMFixed(_TTMBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, I64, precision=32)
-    buffer: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-    mix: np.ndarray = LavaPyType(np.ndarray, I64, precision=1)
-
-
-@implements(proc=AlignTTM, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyAlignTTMFloat(_TTMBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    buffer: np.ndarray = LavaPyType(np.ndarray, float)
-    mix: np.ndarray = LavaPyType(np.ndarray, float)
+_models(AlignTTM, _TTMBase, {"a_in": ("in", 32), "a_out": ("out", 32), "buffer": ("var", 32),
+                             "mix": ("var", 1)})
 
 
 class _DelayBase(PyLoihiProcessModel):
@@ -241,22 +193,7 @@ class _DelayBase(PyLoihiProcessModel):
         self.fifo[slot] = a
 
 
-@implements(proc=DelayLine, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyDelayLineFixed(_DelayBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, I64, precision=32)
-    fifo: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-
-
-@implements(proc=DelayLine, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyDelayLineFloat(_DelayBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    fifo: np.ndarray = LavaPyType(np.ndarray, float)
+_models(DelayLine, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo": ("var", 32)})
 
 
 # ---- readout ------------------------------------------------------------------------------
@@ -273,21 +210,5 @@ class _ReadoutBase(_Clocked):
                 self.result[n] = self.acc
 
 
-@implements(proc=Readout, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyReadoutFixed(_ReadoutBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, I64, precision=32)
-    acc: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-    bias: np.ndarray = LavaPyType(np.ndarray, I64, precision=24)
-    result: np.ndarray = LavaPyType(np.ndarray, I64, precision=32)
-
-
-@implements(proc=Readout, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyReadoutFloat(_ReadoutBase):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    acc: np.ndarray = LavaPyType(np.ndarray, float)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    result: np.ndarray = LavaPyType(np.ndarray, float)
+_models(Readout, _ReadoutBase, {"a_in": ("in", 32), "acc": ("var", 32), "bias": ("var", 24),
+                               "result": ("var", 32)})
