@@ -128,3 +128,61 @@ def test_lava_fixed_point_equals_the_reference_bit_for_bit():
         assert np.array_equal(c, ref.counts[pop]), pop
     assert sum(int(c.sum()) for c in counts.values()) > 0
     assert child_pids() - before == set()
+
+
+def test_netx_writes_1d_layers_as_stock_dense_layers(tmp_path):
+    """conv1d has no NetX layer type of its own: the writer folds its projection into a dense
+    matrix, checked against the integer map, so a 1-D network whose values fit NetX's ranges
+    is a stock file; reading it back gives the exact MT-SNN."""
+    from mtdeploy.findings import errors
+    from mtdeploy.frontends.netx import read_netx
+    from mtdeploy.targets.loihi2.netx.schema import read_netx_layers, validate_netx_file
+    from mtdeploy.targets.loihi2.netx.writer import write_netx
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, bias=False), QCFS(1, 1.0),
+                          nn.AvgPool1d(2), nn.Flatten(), nn.Linear(48, 3, bias=False)).eval()
+    snn = quantize(convert(graph_from_module(model, INPUT_SHAPE), ConvertOptions(input_max=1.5)),
+                   weight_bits=6, input_bits=4)
+    path = tmp_path / "signal.net"
+    write_netx(snn, path)
+    assert not errors(validate_netx_file(path))
+    layers, _ = read_netx_layers(path)
+    assert [layer["type"] for layer in layers] == ["input", "dense", "dense"]
+    back = read_netx(path)
+    x = batch(4, seed=7).numpy()
+    assert np.array_equal(simulate(back, x, mode="fixed").output,
+                          simulate(snn, x, mode="fixed").output)
+
+
+@pytest.mark.lava
+def test_stock_netx_runs_the_1d_file_exactly_like_mtdeploys_fixed_point(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from mtdeploy.frontends.netx import read_netx, stock_run_settings
+    from mtdeploy.targets.loihi2.netx.plan import readout_logits
+    from mtdeploy.targets.loihi2.netx.writer import write_netx
+
+    pytest.importorskip("lava.lib.dl.netx")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_netx_agreement.py"
+    spec = importlib.util.spec_from_file_location("bench_netx_agreement", bench)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, bias=False), QCFS(1, 1.0),
+                          nn.AvgPool1d(2), nn.Flatten(), nn.Linear(48, 3, bias=False)).eval()
+    snn = quantize(convert(graph_from_module(model, INPUT_SHAPE), ConvertOptions(input_max=1.5)),
+                   weight_bits=6, input_bits=4)
+    path = tmp_path / "signal.net"
+    write_netx(snn, path)
+    x = batch(4, seed=7).numpy()
+    limit = 2 ** (snn.meta["input_bits"] - 1) - 1
+    x_int = np.clip(np.round(x * 2.0 ** snn.meta["input_exp"]), -limit, limit)
+    run = stock_run_settings(path)
+    lava = runner.run_stock_netx(path, x_int, run["reset_interval"], run["input_message_bits"],
+                                 run["input_layout"], spikes=True)
+    stock = simulate(read_netx(path, use_extension=False), x_int, mode="fixed")
+    assert np.array_equal(lava["v"], stock.output * run["reset_interval"] * 2 ** run["act_shift"])
+    assert run["exact"] and lava["counts"][0].sum() > 0
+    assert np.array_equal(readout_logits(lava["v"], run), simulate(snn, x, mode="fixed").output)

@@ -223,7 +223,7 @@ def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], step
 
 def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, last: bool) -> Node:
     """Layer ``i``'s synapse and neuron group (a flatten first where a dense reads a map)."""
-    if layer["type"] == "dense" and len(prev.shape) == 3:
+    if layer["type"] == "dense" and len(prev.shape) > 1:
         prev = _add_from_table(g, f"layer{i}.flatten", form_for_layer("flatten", path), {},
                           [prev.name], steps, "netx flattens (x,y,z) as C,H,W")
     lin = _add_from_table(g, f"layer{i}", form_for_layer(layer["type"], path),

@@ -1,8 +1,10 @@
 """The NetX backend's per-kind table: how each node kind reads from and writes to NetX layers.
 
-One entry per kind that has a NetX form, keyed by ``NodeKind.name``; a kind without an entry
-has no stock NetX form (its network is written extension-only, ``network.mtsnn.h5``). Synapse
-kinds map to a layer ``type``, population kinds to a neuron group (``neuron``), and the parts of
+One entry per kind that has a NetX form of its own, keyed by ``NodeKind.name``. A synapse kind
+without an entry (conv1d, pools, add) still reaches stock NetX inside a folded projection: the
+writer materialises the tree into one dense (or conv) layer and checks it against the integer
+map. A population kind without an entry has no stock neuron: its network is written
+extension-only (``network.mtsnn.h5``) with that reason. Synapse kinds map to a layer ``type``, population kinds to a neuron group (``neuron``), and the parts of
 a stock run that are neither (the input fed on every step, a non-spiking readout) to ``part``.
 The writer and the reader (mtdeploy.frontends.netx) pick node kinds only through this table.
 """
