@@ -177,7 +177,7 @@ def breaking_everything() -> Graph:
     rng = np.random.default_rng(0)
     g = mlp([300, 6, 40, 3])
     g.meta.update({"quantized": True, "input_bits": 8})
-    g["fc1"].params["weight_int"] = np.full((6, 300), 1000, np.int32)        # 11-bit weights
+    g["fc1"].params["weight_int"] = np.full((6, 300), 1001, np.int32)        # 11-bit mantissa
     g["fc2"].params["weight_int"] = rng.integers(-3, 4, (40, 6)).astype(np.int32)
     g["out"].params["weight_int"] = rng.integers(-3, 4, (3, 40)).astype(np.int32)
     g["q1"].attrs["threshold_int"] = 2 ** 20
@@ -209,7 +209,7 @@ def test_every_rule_fires_at_once(tmp_path):
     assert by[("delay", q2)].used == 100 and by[("delay", q2)].limit == 62
     ranges = {f.severity: f for f in r.findings if f.rule == "state_range" and f.node == q1}
     assert ranges["error"].used == 2 ** 20 and ranges["error"].limit == 2 ** 15 - 1
-    assert ranges["warning"].used == 1 * 300 * 1000 * 127     # t_in x sum|w| x largest input
+    assert ranges["warning"].used == 1 * 300 * 1001 * 127     # t_in x sum|w| x largest input
     assert by[("state_bits", None)].used == 24
     assert by[("graded_input", q1)].severity == "warning"
     chips = by[("chips", None)]

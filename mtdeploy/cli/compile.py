@@ -1,6 +1,8 @@
 """``mtdeploy compile``: build a model for a target and say what was built."""
 from __future__ import annotations
 
+import sys
+
 from mtdeploy.api import Build, compile_model
 from mtdeploy.cli.values import timesteps
 
@@ -11,6 +13,9 @@ def run(a) -> int:
                           v_init=a.v_init, seed=a.seed, input_max=a.input_max,
                           weight_bits=a.weight_bits, trust_pickle=a.trust_pickle)
     _print_build(build, a.target)
+    for row in build.report.get("quantization", []):
+        if "warning" in row:
+            print(f"mtdeploy: warning: {row['warning']}", file=sys.stderr)
     return 0
 
 

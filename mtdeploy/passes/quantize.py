@@ -45,59 +45,121 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8) -> Graph:
     input_max = float(graph.meta.get("input_max", 1.0))
     graph.meta["input_exp"] = int(math.floor(math.log2((2 ** (input_bits - 1) - 1) / input_max)))
     graph.meta.update({"weight_bits": weight_bits, "input_bits": input_bits, "quantized": True})
-
     input_unit = 2.0 ** -graph.meta["input_exp"]
     for pop in populations(graph):
-        if not pop.inputs:
-            continue
-        # Real per-unit scale of each weighted op's input, and of each unweighted path.
-        weighted: dict[str, tuple[Node, float, float]] = {}   # name -> (node, s_in, post)
-        gains: list[tuple[Node, int, float]] = []              # (consumer, input idx, gain)
-        for edge_node, path in _paths(graph, pop):
-            scale = edge_scale(graph, edge_node.name, input_unit)
-            w_idx = next((k for k, n in enumerate(path) if kind_of(n).weighted), None)
-            if w_idx is None:
-                total = scale * math.prod(kind_of(n).divisor(n) for n in path)
-                consumer = path[0] if path else pop
-                producer_name = edge_node.name
-                idx = consumer.inputs.index(producer_name)
-                gains.append((consumer, idx, total))
-                continue
-            wnode = path[w_idx]
-            s_in = scale * math.prod(kind_of(n).divisor(n) for n in path[:w_idx])
-            post = math.prod(kind_of(n).divisor(n) for n in path[w_idx + 1:])
-            if wnode.name in weighted and not math.isclose(weighted[wnode.name][1], s_in):
-                raise InputError(f"{wnode.label()}: inputs with different scales")
-            weighted[wnode.name] = (wnode, s_in, post)
-
-        peak = max([float(np.abs(n.params["weight"]).max()) * s * p for n, s, p in weighted.values()]
-                   + [g for _, _, g in gains] + [0.0])
-        if peak <= 0:
-            exp = 0
-        else:
-            exp = int(math.floor(math.log2(wmax / peak)))
-        if "threshold" in pop.params:
-            exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / float(pop.params["threshold"])))))
-        unit = 2.0 ** -exp
-
-        for node, s_in, post in weighted.values():
-            w = node.params["weight"].astype(np.float64) * (s_in * post / unit)
-            node.params["weight_int"] = np.clip(np.round(w), -wmax, wmax).astype(np.int32)
-            node.attrs["weight_scale"] = s_in * post / unit
-        for node in tree_nodes(graph, pop) + [pop]:
-            node.attrs.pop("input_gain_int", None)
-        for consumer, idx, gain in gains:
-            g = consumer.attrs.setdefault("input_gain_int", [1] * len(consumer.inputs))
-            g[idx] = int(np.clip(round(gain / unit), -wmax, wmax))
-        bias = _tree_bias(graph, pop)
-        pop.params["bias_int"] = np.round(bias / unit).astype(np.int64)
-        pop.attrs["exp"] = exp
-        if "threshold" in pop.params:
-            th = max(1, int(round(float(pop.params["threshold"]) / unit)))
-            pop.attrs["threshold_int"] = th
-            pop.attrs["v_init_int"] = int(math.floor(pop.attrs.get("v_init", 0.5) * th + 0.5))
-        _check_ranges(graph, pop)
+        if pop.inputs:
+            _quantize_population(graph, pop, wmax, input_unit)
     return graph
+
+
+def _branches(graph: Graph, pop: Node, input_unit: float):
+    """The real scales feeding ``pop``: {weighted op: (node, s_in, post)} (the op's input unit
+    and the divisors after it) and [(consumer, input index, gain)] of unweighted paths."""
+    weighted: dict[str, tuple[Node, float, float]] = {}
+    gains: list[tuple[Node, int, float]] = []
+    for edge_node, path in _paths(graph, pop):
+        scale = edge_scale(graph, edge_node.name, input_unit)
+        w_idx = next((k for k, n in enumerate(path) if kind_of(n).weighted), None)
+        if w_idx is None:
+            consumer = path[0] if path else pop
+            gains.append((consumer, consumer.inputs.index(edge_node.name),
+                          scale * math.prod(kind_of(n).divisor(n) for n in path)))
+            continue
+        wnode = path[w_idx]
+        s_in = scale * math.prod(kind_of(n).divisor(n) for n in path[:w_idx])
+        post = math.prod(kind_of(n).divisor(n) for n in path[w_idx + 1:])
+        if wnode.name in weighted and not math.isclose(weighted[wnode.name][1], s_in):
+            raise InputError(f"{wnode.label()}: inputs with different scales")
+        weighted[wnode.name] = (wnode, s_in, post)
+    return weighted, gains
+
+
+def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) -> None:
+    """One power-of-two unit for the population's current (its threshold and bias). A single
+    branch sets it from its peak, so its weights use the whole mantissa. Where branches join
+    (a residual add), the unit comes from the finest branch and every other branch keeps its
+    full mantissa too, scaled into the shared accumulator by a power of two of its own (a
+    synapse group's weight exponent), so no branch is rounded away by another's range."""
+    weighted, gains = _branches(graph, pop, input_unit)
+    peaks = [float(np.abs(n.params["weight"]).max()) * s * p for n, s, p in weighted.values()]
+    joined = len(weighted) + len(gains) > 1
+    finest = [v for v in (peaks if joined and any(peaks) else peaks + [g for *_, g in gains]) if v > 0]
+    peak = (min(finest) if joined else max(finest)) if finest else 0.0
+    exp = int(math.floor(math.log2(wmax / peak))) if peak > 0 else 0
+    if "threshold" in pop.params:
+        exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / float(pop.params["threshold"])))))
+    unit = 2.0 ** -exp
+    for node, s_in, post in weighted.values():
+        mantissa, shift = _mantissa(node.params["weight"].astype(np.float64) * (s_in * post / unit),
+                                    wmax)
+        node.params["weight_int"] = (mantissa << shift).astype(np.int32)
+        node.attrs["weight_scale"] = s_in * post / unit
+        node.attrs["weight_exp"] = shift
+    for node in tree_nodes(graph, pop) + [pop]:
+        node.attrs.pop("input_gain_int", None)
+    for consumer, idx, gain in gains:
+        g = consumer.attrs.setdefault("input_gain_int", [1] * len(consumer.inputs))
+        mantissa, shift = _mantissa(np.asarray([gain / unit]), wmax)
+        g[idx] = int(mantissa[0]) << shift
+    pop.params["bias_int"] = np.round(_tree_bias(graph, pop) / unit).astype(np.int64)
+    pop.attrs["exp"] = exp
+    if "threshold" in pop.params:
+        th = max(1, int(round(float(pop.params["threshold"]) / unit)))
+        pop.attrs["threshold_int"] = th
+        pop.attrs["v_init_int"] = int(math.floor(pop.attrs.get("v_init", 0.5) * th + 0.5))
+    _check_ranges(graph, pop)
+
+
+def _mantissa(values: np.ndarray, wmax: int) -> tuple[np.ndarray, int]:
+    """``values`` as ``mantissa << shift``: the smallest power-of-two shift >= 0 that fits the
+    rounded values into [-wmax, wmax] (0 for values already in range, as a single branch's)."""
+    peak = float(np.abs(values).max(initial=0.0))
+    shift = max(0, math.ceil(math.log2(peak / (wmax + 0.5)))) if peak > wmax + 0.5 else 0
+    mantissa = np.clip(np.round(values / 2.0 ** shift), -wmax, wmax).astype(np.int64)
+    return mantissa, shift
+
+
+#: a layer that keeps fewer of its non-zero weights than this after rounding gets a warning
+KEPT_WEIGHTS_WARNING = 0.9
+
+
+def quantization_report(graph: Graph) -> list[dict]:
+    """Per weighted layer of a quantized graph: the share of its non-zero weights that stay
+    non-zero, the mantissa bits used, and the largest rounding error relative to its largest
+    weight; ``warning`` where fewer than :data:`KEPT_WEIGHTS_WARNING` of the weights survive."""
+    rows = []
+    for node in graph:
+        if not (kind_of(node).weighted and "weight_int" in node.params
+                and node.attrs.get("weight_scale")):
+            continue
+        w = np.asarray(node.params["weight"], np.float64)
+        w_int = np.asarray(node.params["weight_int"], np.int64)
+        nonzero = np.count_nonzero(w)
+        kept = float(np.count_nonzero(w_int[w != 0]) / nonzero) if nonzero else 1.0
+        peak = float(np.abs(w).max(initial=0.0))
+        error = float(np.abs(w_int / node.attrs["weight_scale"] - w).max(initial=0.0))
+        row = {"layer": node.name, "weights": int(w.size), "nonzero_kept": kept,
+               "mantissa_bits": mantissa_bits(w_int), "weight_exp": node.attrs.get("weight_exp", 0),
+               "max_error": error / peak if peak else 0.0}
+        if kept < KEPT_WEIGHTS_WARNING:
+            row["warning"] = (f"{node.label()}: keeps {100 * kept:.1f}% of its non-zero weights "
+                              "in fixed point; its scale is dominated by another input of its "
+                              "population or its weights span a wide range")
+        rows.append(row)
+    return rows
+
+
+def mantissa_bits(weight_int) -> int:
+    """Signed bits of an integer weight tensor's mantissa under its shared power-of-two
+    exponent (Loihi's weights are an 8-bit mantissa with an exponent per synapse group): the
+    trailing zero bits every non-zero weight shares are the exponent, not the mantissa."""
+    w = np.abs(np.asarray(weight_int, dtype=np.int64)).ravel()
+    w = w[w != 0]
+    if not w.size:
+        return 1
+    shared = int(np.bitwise_or.reduce(w))
+    exponent = (shared & -shared).bit_length() - 1     # the lowest set bit of any weight
+    return int(w.max() >> exponent).bit_length() + 1
 
 
 def _tree_bias(graph: Graph, pop: Node) -> np.ndarray:

@@ -6,6 +6,7 @@ import dataclasses
 from mtdeploy.version import __version__
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.snn import incoming_edges, is_source, populations
+from mtdeploy.passes.quantize import quantization_report
 
 
 def build_report(graph: Graph, sched: dict, check, target: str, options, seconds: float) -> dict:
@@ -28,11 +29,23 @@ def build_report(graph: Graph, sched: dict, check, target: str, options, seconds
         "input": {"shape": list(graph.input.shape), "input_max": graph.meta.get("input_max"),
                   "input_exp": graph.meta.get("input_exp"), "input_bits": graph.meta.get("input_bits")},
         "layers": layers, "latency": sched["latency"],
+        "quantization": quantization_report(graph) if graph.meta.get("quantized") else [],
         "alignment_nodes": len(sched["alignment"]),
     }
     if check is not None:
         report["budget"] = check.to_json()
     return report
+
+
+def _quantization_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Fixed-point weights", "",
+             "| layer | weights | non-zero kept | mantissa bits | exponent | max error / max weight |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['weights']} | {100 * r['nonzero_kept']:.1f}% | "
+              f"{r['mantissa_bits']} | {r['weight_exp']} | {r['max_error']:.3g} |" for r in rows]
+    return lines + [f"- warning: {r['warning']}" for r in rows if "warning" in r]
 
 
 def report_markdown(report: dict) -> str:
@@ -52,6 +65,7 @@ def report_markdown(report: dict) -> str:
         ins = ", ".join(f"{i['from']} [{i['alignment']}]" for i in r["inputs"])
         lines.append(f"| {r['layer']} | {r['neuron']} | {r['T']} | {r['neurons']} | "
                      f"{r['window']} | {th} | {ins} |")
+    lines += _quantization_markdown(report.get("quantization", []))
     budget = report.get("budget")
     if budget and budget.get("markdown"):
         lines += ["", "## Hardware budget", "", budget["markdown"]]

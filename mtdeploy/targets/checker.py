@@ -17,7 +17,7 @@ from mtdeploy.findings import SEVERITIES, Finding
 from mtdeploy.ir.graph import Graph
 from mtdeploy.kinds import kind_of
 from mtdeploy.metrics.energy import estimate
-from mtdeploy.passes.quantize import STATE_BITS
+from mtdeploy.passes.quantize import STATE_BITS, mantissa_bits
 from mtdeploy.targets.partition import Placement, partition
 from mtdeploy.targets.profiles import Profile, list_profiles, load_profile
 from mtdeploy.targets.resources import RESOURCES, Network, extract, limits
@@ -113,8 +113,7 @@ def rule_weight_bits(graph: Graph, net: Network, profile: Profile, placement) ->
         if not kind_of(node).weighted:
             continue
         if "weight_int" in node.params:
-            peak = int(np.abs(np.asarray(node.params["weight_int"])).max(initial=0))
-            bits = peak.bit_length() + 1
+            bits = mantissa_bits(node.params["weight_int"])
         else:
             bits = graph.meta.get("weight_bits")
         if bits and bits > profile.max_weight_bits:

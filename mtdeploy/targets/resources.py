@@ -31,6 +31,7 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import dims3, kind_of
 from mtdeploy.ir.snn import is_population
 from mtdeploy.passes.convert import timesteps_of
+from mtdeploy.passes.quantize import mantissa_bits
 from mtdeploy.passes.schedule import windows
 
 Box = tuple  # ((key, lo, hi), (key, lo, hi), (key, lo, hi)): one per producer dim, see input_box
@@ -148,8 +149,7 @@ def _weight_facts(graph: Graph, node: Node) -> tuple[float, int | None]:
         w = node.params.get("weight")
         bits = None
     else:
-        peak = int(np.abs(np.asarray(w)).max(initial=0))
-        bits = peak.bit_length() + 1
+        bits = mantissa_bits(w)
     if w is None or not w.size:
         return 1.0, bits
     nnz = float(np.count_nonzero(w))
