@@ -154,3 +154,17 @@ def test_stock_dense_weights_report_what_netx_changes():
         stock_dense_weights(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="negative shift"):
         stock_dense_weights(np.array([[300, 2]]))
+
+
+def test_a_pool_block_is_one_finding_not_two():
+    """slayer's Pool block makes netx raise; the conv after it must be checked against the
+    pool's declared output shape, not get a second, spurious shape error."""
+    layers = good_layers()
+    pool = {"type": "pool", "shape": np.array([2, 3, 3]), "weight": np.ones((2, 1, 2, 2))}
+    after = {"type": "conv", "shape": np.array([4, 3, 3]),
+             "weight": np.random.default_rng(1).integers(-127, 128, (4, 2, 3, 3)),
+             "stride": np.array([1, 1]), "padding": np.array([1, 1]), "dilation": np.array([1, 1]),
+             "groups": np.int64(1), "neuron": cuba()}
+    layers = layers[:2] + [pool, after] + layers[3:]
+    found = errors(validate_netx_layers(layers, input_message_bits=8))
+    assert [f.node for f in found] == ["layer 2 (pool)"], [str(f) for f in found]

@@ -168,6 +168,9 @@ def validate_netx_layers(layers: list[dict], names: list[str] | None = None,
     for i, layer in enumerate(layers):
         type_ = _built_type(i, layer, c)
         if type_ is None:
+            # Reported already; carry on from the shape it declares, so that the layers after
+            # it are checked against it and not flagged for a mismatch it caused.
+            cur, spatial = _declared_shape(layer, cur, spatial)
             continue
         if flatten_pending and type_ not in ("dense", "dense_rec"):
             c.add("structure", "a 'flatten' layer must be followed by a dense layer")
@@ -213,6 +216,15 @@ def validate_netx_layers(layers: list[dict], names: list[str] | None = None,
         c.where = ""
         c.add("structure", "no dense or conv layer: netx builds an empty network and fails")
     return c.findings
+
+
+def _declared_shape(layer, cur, spatial):
+    """(shape, spatial) a layer the loader does not build declares, else the current ones."""
+    try:
+        shape = tuple(int(s) for s in np.asarray(layer["shape"]).reshape(-1))
+    except (KeyError, TypeError, ValueError):
+        return cur, spatial
+    return (shape, len(shape) == 3) if shape and min(shape) > 0 else (cur, spatial)
 
 
 def _built_type(i: int, layer, c: _Checker) -> str | None:
