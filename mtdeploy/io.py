@@ -40,14 +40,18 @@ def _target(path) -> Path:
 
 
 def _check_parent(path, target: Path) -> None:
-    """The nearest existing directory above ``target`` must be one we may create entries in."""
+    """The nearest existing directory above ``target`` must be one we can create files in:
+    tried with an unnamed temp file, since permission bits do not tell (root, /proc)."""
     parent = target.parent
     while not os.path.lexists(parent):
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"{path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: cannot write in {parent} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 def check_output_file(path) -> Path:

@@ -210,7 +210,10 @@ def test_search_checks_every_output_before_searching(capsys, tmp_path, monkeypat
              "is not a directory"),
             (["-o", tmp_path / "s.pt", "--front", tmp_path], "a directory"),
             (["-o", tmp_path / "s.pt", "--front", tmp_path / "s.pt"], "named for two outputs"),
-            (["-o", searched], "is also an input")]:
+            (["-o", searched], "is also an input"),
+            # permission bits would let root write here: the check tries
+            (["-o", tmp_path / "s.pt", "--front", "/proc/mtdeploy/f.json"],
+             "cannot write in /proc")]:
         code, _, err = run(capsys, *base, *extra)
         assert code == 2 and message in err, (extra, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data.npz", "model.pt"]

@@ -275,8 +275,9 @@ def _check_size(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> None:
         kind_of(node).role == "activation" or node.name == graph.output))
     name, limit = largest_profile()
     if neurons > limit:
+        counted = "" if len(shapes) == len(graph) else "at least "   # up to a shape error
         raise InputError(f"with input shape {tuple(graph.input.shape)} the network has "
-                         f"{neurons:,} neurons, more than the largest hardware profile "
+                         f"{counted}{neurons:,} neurons, more than the largest hardware profile "
                          f"({name}, {limit:,}) holds; check the input shape")
 
 
