@@ -173,14 +173,17 @@ def _failures_named(path):
 
 @contextlib.contextmanager
 def _parents(target: Path):
-    """Create ``target``'s missing parent directories; remove them again if the block fails."""
-    made = []
+    """Create ``target``'s missing parent directories; remove them again if the block fails
+    (those this call made: a concurrent writer may make the same ones)."""
+    missing, made = [], []
     parent = target.parent
     while not os.path.lexists(parent):
-        made.append(parent)
+        missing.append(parent)
         parent = parent.parent
-    for directory in reversed(made):
-        os.mkdir(directory)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+            made.insert(0, directory)
     try:
         yield
     except BaseException:

@@ -127,7 +127,7 @@ def test_concurrent_builds_into_one_directory_replace_each_other_whole(tmp_path)
     # 6 processes x 15 builds: the unlocked swap of the past failed here every time
     # (ENOTEMPTY when two renamed at once).
     ctx = multiprocessing.get_context("fork")
-    target, writers = tmp_path / "b", 6
+    target, writers = tmp_path / "new" / "b", 6   # its parent too is made concurrently
     barrier = ctx.Barrier(writers)
     procs = [ctx.Process(target=_build, args=(target, 15, k, barrier)) for k in range(writers)]
     for p in procs:
@@ -137,7 +137,24 @@ def test_concurrent_builds_into_one_directory_replace_each_other_whole(tmp_path)
     assert [p.exitcode for p in procs] == [0] * writers
     a, b = (json.loads((target / n).read_text()) for n in ("a.json", "b.json"))
     assert a == b   # both files from the same build
-    assert sorted(os.listdir(tmp_path)) == ["b"]
+    assert os.listdir(tmp_path) == ["new"] and os.listdir(tmp_path / "new") == ["b"]
+
+
+def test_a_parent_another_writer_makes_meanwhile_is_used_and_kept(tmp_path, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def raced(path, *args):   # another process made it between our look and our mkdir
+        real_mkdir(path, *args)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+
+    monkeypatch.setattr(os, "mkdir", raced)
+    with atomic_path(tmp_path / "new" / "a.json") as tmp:
+        tmp.write_text("a")
+    assert (tmp_path / "new" / "a.json").read_text() == "a"
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "other" / "b.json"):
+            raise RuntimeError("failed")
+    assert (tmp_path / "other").is_dir()   # not ours to remove
 
 
 def test_concurrent_compiles_into_one_output_all_succeed(tmp_path, model):
