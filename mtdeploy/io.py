@@ -91,6 +91,7 @@ def check_output_dir(path, force: bool = False, protect: Iterable = ()) -> Path:
 
 
 def _check_dir(path, target: Path, force: bool, protect: Iterable) -> Path:
+    """:func:`check_output_dir`'s rule, for a caller that holds the lock."""
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise InputError(f"{path}: the current directory or one above it; name a new "
@@ -304,13 +305,14 @@ def _locked(directory: Path):
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        yield
-        return
+        fd = None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)   # releases the lock
+        if fd is not None:
+            os.close(fd)   # releases the lock
 
 
 def _swap(tmp: Path, target: Path) -> None:
