@@ -16,9 +16,10 @@ import numpy as np
 from mtdeploy import frontends
 from mtdeploy.frontends.netx import read_netx
 from mtdeploy.errors import DoesNotFitError, InputError
-from mtdeploy.io import atomic_dir, write_json, write_text
+from mtdeploy.io import atomic_dir, check_output_dir, write_json, write_text
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
+from mtdeploy.passes.convert import check_timestep_range
 from mtdeploy.report import build_report, report_markdown
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
@@ -51,13 +52,19 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
                   weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
-                  write: bool = True) -> Build:
+                  write: bool = True, force: bool = False) -> Build:
     """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
 
     Raises DoesNotFitError (exit 3) with every finding when the model does not fit; nothing is
-    written then. The build directory appears whole or not at all.
+    written then. The build directory appears whole or not at all, and replaces only what
+    :func:`mtdeploy.io.check_output_dir` allows (``force``: also a directory mtdeploy did not
+    write; never a file, nor the directory of ``model``); ``out_dir`` is checked before any work.
     """
     t0 = time.perf_counter()
+    protect = [model] if isinstance(model, (str, Path)) else []
+    if write:
+        check_output_dir(out_dir, force, protect)
+    profile = load_profile(target)
     graph = load_model(model, input_shape, trust_pickle)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
@@ -75,9 +82,9 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
         snn = graph
     else:
         snn = convert(graph, options)
+    check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
-    profile = load_profile(target)
     sched = schedule(snn, hop_steps=profile.hop_steps)
     check = check_budget(snn, profile)
     if check is not None and not check.fits:
@@ -86,7 +93,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     report["lava"] = _lava_description(snn)
     build = Build(Path(out_dir) if write else None, snn, sched, report, check)
     if write:
-        _write_build(build)
+        _write_build(build, force, protect)
     return build
 
 
@@ -108,8 +115,8 @@ def _findings_text(check, target) -> str:
     return "\n".join(lines)
 
 
-def _write_build(build: Build) -> None:
-    with atomic_dir(build.out_dir) as tmp:
+def _write_build(build: Build, force: bool, protect: list) -> None:
+    with atomic_dir(build.out_dir, force, protect) as tmp:
         name, notes = write_build_network(build.graph, tmp)
         stock = {"loadable": name == NETX_FILE, "file": name,
                  "findings": [str(f) for f in notes]}

@@ -1,33 +1,236 @@
-"""File helpers: the one atomic writer (temp file beside the target, then rename), IR files,
-and user data loading."""
+"""File helpers: the one atomic writer (temp files beside their targets, then renames), IR
+files, and user data loading.
+
+What an output may replace is decided here, once: a file target must be absent or a regular
+file; a build directory must be absent, empty, or a build this module wrote (it carries
+:data:`BUILD_MARKER`, listing its files), unless ``force``; never a non-directory, the current
+directory or one above it, nor a directory holding one of the caller's input files. Outputs get
+the modes a plain ``open``/``mkdir`` would give (the umask applies), and a failed write, a full
+disk included, is an :class:`InputError` naming the path, with nothing left behind.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from mtdeploy.errors import InputError
+from mtdeploy.errors import InputError, MtdeployError
 from mtdeploy.ir.serialize import read_zip, write_zip
+
+BUILD_MARKER = ".mtdeploy-build"   # in every build directory: {"files": [what atomic_dir wrote]}
+_PENDING: dict[str, object] = {}   # temp file or build directory being written -> its target
+_FULL_DISK = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _target(path) -> Path:
+    """``path`` with every symbolic link resolved (a write through a link lands where it
+    points); an empty path is refused rather than read as the current directory."""
+    if not os.fspath(path):
+        raise InputError("an empty output path; name a file or directory")
+    return Path(os.path.realpath(path))
+
+
+def _check_parent(path, target: Path) -> None:
+    """The nearest existing directory above ``target`` must be one we can create files in:
+    tried with an unnamed temp file, since permission bits do not tell (root, /proc)."""
+    parent = target.parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path) -> Path:
+    """Where a file output ``path`` will be written (links resolved), if a file may be written
+    there: absent or a regular file, in a directory we may write. Call it before long work."""
+    target = _target(path)
+    if os.path.lexists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+        what = "a directory" if target.is_dir() else "not a regular file"
+        raise InputError(f"{path}: {what}; an output file may replace only a regular file")
+    _check_parent(path, target)
+    return target
+
+
+def check_output_files(paths, protect: Iterable = ()) -> list[Path]:
+    """:func:`check_output_file` for outputs written together: no two the same file, none one
+    of the inputs in ``protect``."""
+    targets = [check_output_file(p) for p in paths]
+    inputs = {Path(os.path.realpath(p)): p for p in protect}
+    for path, target in zip(paths, targets):
+        if target in inputs:
+            raise InputError(f"{path}: is also an input ({inputs[target]}); write the output "
+                             "elsewhere")
+        if targets.count(target) > 1:
+            raise InputError(f"{path}: named for two outputs; give each its own file")
+    return targets
+
+
+def check_output_dir(path, force: bool = False, protect: Iterable = ()) -> Path:
+    """Where a build directory ``path`` will be (links resolved), if it may be (re)placed there:
+    absent, empty, or a build mtdeploy wrote (anything else only with ``force``); never a
+    non-directory, the current directory or one above it, nor a directory holding a path in
+    ``protect`` (the caller's inputs), whatever ``force`` says. The directory is read under
+    the lock that builds are swapped under, so a build being replaced is never seen half gone."""
+    target = _target(path)
+    with _locked(target.parent):
+        return _check_dir(path, target, force, protect)
+
+
+def _check_dir(path, target: Path, force: bool, protect: Iterable) -> Path:
+    """:func:`check_output_dir`'s rule, for a caller that holds the lock."""
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise InputError(f"{path}: the current directory or one above it; name a new "
+                         "directory for the build")
+    for kept in protect:
+        kept_at = Path(os.path.realpath(kept))
+        if kept_at == target or target in kept_at.parents:
+            raise InputError(f"{path}: holds the input {kept}; name another directory for "
+                             "the build")
+    if os.path.lexists(target):
+        if not target.is_dir():
+            raise InputError(f"{path}: exists and is not a directory; mtdeploy replaces only "
+                             "a directory")
+        _check_replaceable(path, target, force)
+    _check_parent(path, target)
+    return target
+
+
+def _check_replaceable(path, target: Path, force: bool) -> None:
+    """An existing directory may be replaced when empty or a build holding only its own files."""
+    entries = sorted(os.listdir(target))
+    built = _build_files(target)
+    foreign = [e for e in entries if built is None or (e not in built and e != BUILD_MARKER)]
+    if not foreign or force:
+        return
+    shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+    what = ("a build that now also holds files mtdeploy did not write" if built is not None
+            else "not an mtdeploy build")
+    raise InputError(f"{path}: {what} ({shown}); name a new or empty directory, or use "
+                     "force (--force) to replace it and everything in it")
+
+
+def _build_files(directory: Path) -> set[str] | None:
+    """The files the build in ``directory`` was written with, or None if it is no build."""
+    try:
+        doc = json.loads((directory / BUILD_MARKER).read_text())
+        files = doc["files"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) \
+        else None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path, directory: bool = False) -> None:
+    """The mode ``open``/``mkdir`` would have given: mkstemp and mkdtemp make entries private."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def _failures_named(path):
+    """A failed write (OSError, or a library's error reporting a full disk) -> InputError
+    naming ``path``; for a file inside a build being written, :func:`atomic_dir` names the
+    build directory instead."""
+    try:
+        yield
+    except MtdeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything else is re-raised below
+        text = str(exc)
+        reason = exc.strerror or text if isinstance(exc, OSError) else \
+            next((r for r in _FULL_DISK if r in text), None)
+        if reason is None or os.path.dirname(os.path.realpath(path)) in _PENDING:
+            raise
+        raise InputError(f"{path}: cannot write: {reason}") from None
+
+
+@contextlib.contextmanager
+def _parents(target: Path):
+    """Create ``target``'s missing parent directories; remove them again if the block fails
+    (those this call made: a concurrent writer may make the same ones)."""
+    missing, made = [], []
+    parent = target.parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+            made.insert(0, directory)
+    try:
+        yield
+    except BaseException:
+        for directory in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temp path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Yield a temp path beside ``path``; rename it into place only if the block succeeds.
+
+    ``path`` is checked first (:func:`check_output_file`); a failure of the block or the
+    rename leaves no temp file behind and a write error is an :class:`InputError`.
+    """
+    enclosing = _PENDING.get(os.path.realpath(path))
+    if enclosing is not None:   # the temp file of an enclosing atomic_path (atomic_paths)
+        with _failures_named(enclosing):
+            yield Path(path)
+        return
+    target = check_output_file(path)
+    with _failures_named(path), _parents(target):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=suffix + ".tmp")
+        os.close(fd)
+        _PENDING[tmp] = path
+        try:
+            yield Path(tmp)
+            _plain_mode(tmp)
+            os.replace(tmp, target)
+        finally:
+            _PENDING.pop(tmp, None)
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """Several files written together: every target is checked before the block runs, and all
+    are renamed into place only if it succeeds (a search's model, front and plot). The atomic
+    writers (``write_json``, ``save_traced``, ``plot_front``) given a yielded temp path write
+    it in place, and a failure names its output, not the temp file."""
+    check_output_files(paths)
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
 
 
 def write_json(path, obj) -> None:
@@ -71,23 +274,65 @@ def _json_default(o):
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Build a directory under a temp name; swap it in place of ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+def atomic_dir(path: str | os.PathLike, force: bool = False, protect: Iterable = ()):
+    """Build a directory under a temp name; swap it in place of ``path`` only on success.
+
+    What may be replaced is :func:`check_output_dir`'s rule, checked before the block (fail
+    fast) and again at the swap, which holds a lock on the parent directory so that concurrent
+    builds into one path replace each other whole. The directory gets :data:`BUILD_MARKER`.
+    """
+    target = check_output_dir(path, force, protect)
+    with _failures_named(path), _parents(target):
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        _PENDING[str(tmp)] = path
+        try:
+            yield tmp
+            (tmp / BUILD_MARKER).write_text(json.dumps(
+                {"files": sorted(p.name for p in tmp.iterdir())}) + "\n")
+            _plain_mode(tmp, directory=True)
+            with _locked(target.parent):
+                _check_dir(path, target, force, protect)   # another process may have written
+                _swap(tmp, target)
+        finally:
+            _PENDING.pop(str(tmp), None)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive flock on ``directory`` itself (nothing to create, nothing left behind);
+    no lock where the directory does not exist yet or cannot be opened."""
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)   # releases the lock
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Put ``tmp`` at ``target``: an existing directory is first moved aside under a unique
+    name (moved back if the second rename fails), then removed."""
+    if not os.path.lexists(target):
+        os.replace(tmp, target)
+        return
+    old = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old")
+    try:
+        os.replace(target, old)
+    except OSError:
+        os.rmdir(old)
+        raise
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(old, target)   # if even this fails, the old build stays at ``old``
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:

@@ -5,6 +5,7 @@ clip value ``lam`` (the SNN threshold) and a straight-through gradient for ``flo
 """
 from __future__ import annotations
 
+import io
 import json
 
 import torch
@@ -59,7 +60,9 @@ def save_traced(model: nn.Module, example_input: torch.Tensor, path,
 
     TorchScript, not ``torch.save``: loading it runs no Python code from the file. The input
     shape (one sample, no batch axis) goes into the archive's ``mtdeploy.json``, so compile
-    finds it; the file is written atomically (temp file, then rename).
+    finds it; the file is written atomically (temp file, then rename). The archive is built in
+    memory and written with Python's I/O: torch's own file writer aborts the whole process on a
+    full disk, where Python raises an error that the writer turns into a clean message.
     """
     was_training = model.training
     model.eval()
@@ -69,5 +72,7 @@ def save_traced(model: nn.Module, example_input: torch.Tensor, path,
     finally:
         model.train(was_training)
     meta = {"format": 1, "input_shape": [int(d) for d in example_input.shape[1:]]}
+    archive = io.BytesIO()
+    torch.jit.save(traced, archive, _extra_files={MODEL_META_FILE: json.dumps(meta)})
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={MODEL_META_FILE: json.dumps(meta)})
+        tmp.write_bytes(archive.getvalue())

@@ -57,8 +57,8 @@ def test_compile_then_simulate_float_equals_ann(capsys, cnn_files):
     # this CNN's first-layer bias exceeds netx's 13-bit mantissa: no stock form, no .net
     assert report["netx"]["file"] == "network.mtsnn.h5" and not report["netx"]["loadable"]
     assert "13-bit bias mantissa" in report["netx"]["findings"][0]
-    assert {"network.mtsnn.h5", "schedule.json", "report.json",
-            "report.md"} == set(os.listdir(build))
+    assert {"network.mtsnn.h5", "schedule.json", "report.json", "report.md",
+            ".mtdeploy-build"} == set(os.listdir(build))
     sched = json.loads((build / "schedule.json").read_text())
     assert sched["latency"]["sum_T"] == 8 + 4 + 2
     assert report["lava"]["processes_by_kind"]["IFNeuron"] == 3

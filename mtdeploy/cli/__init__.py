@@ -1,7 +1,9 @@
 """``mtdeploy`` command line: parses, calls :mod:`mtdeploy.api`, prints, maps errors to exit codes.
 
-Exit codes: 0 ok, 1 internal error (or `ladder` found a divergence), 2 bad input, 3 does not fit
-the target, 130 interrupted. One module per verb (``mtdeploy.cli.<verb>``, each with
+Exit codes: 0 ok, 1 internal error (or `ladder` found a divergence), 2 bad input (a path that
+cannot be written included), 3 does not fit the target, 128 + the signal when interrupted (130
+Ctrl-C, 143 SIGTERM, 129 SIGHUP: each ends the verb through its cleanup, see
+:mod:`mtdeploy.interrupts`). One module per verb (``mtdeploy.cli.<verb>``, each with
 ``run(args) -> int``) holds everything the verb does with the user's files.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 
 from mtdeploy.cli.parser import build_parser, in_options
 from mtdeploy.errors import MtdeployError
+from mtdeploy.interrupts import exit_status, interrupts_raised
 
 __all__ = ["build_parser", "main", "run_check"]
 
@@ -33,13 +36,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return importlib.import_module(f"mtdeploy.cli.{args.verb}").run(args)
+        with interrupts_raised():
+            return importlib.import_module(f"mtdeploy.cli.{args.verb}").run(args)
     except MtdeployError as exc:
         print(f"mtdeploy: error: {in_options(args.verb, str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("mtdeploy: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:   # Interrupted says by which signal
+        print(f"mtdeploy: {exc or 'interrupted'}", file=sys.stderr)
+        return exit_status(exc)
     except BrokenPipeError:   # e.g. `mtdeploy targets | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -76,7 +76,12 @@ def _add_trust_pickle(p) -> None:
 def _add_compile(sub) -> None:
     c = sub.add_parser("compile", help="convert, check and build a model for a target")
     _add_model(c, "profile name (see 'mtdeploy targets') or YAML path")
-    c.add_argument("-o", "--output", default="build", help="build directory (default: build/)")
+    c.add_argument("-o", "--output", default="build",
+                   help="build directory (default: build/); replaced only if it is empty or a "
+                   "build mtdeploy wrote")
+    c.add_argument("--force", action="store_true",
+                   help="replace -o even if it holds other files (never a file, the current "
+                   "directory or the input model's directory)")
     c.add_argument("--timesteps", help="T for all layers (int), or per layer as JSON / a JSON "
                    "file; default: each layer's QCFS levels")
     c.add_argument("--alignment", default="avg-repeat", choices=["avg-repeat", "ttm", "none"])

@@ -2,7 +2,10 @@
 
 A model and labelled data (.npz with x, y) in; the searched model (TorchScript, ready for
 ``mtdeploy compile``), its front (JSON, default ``<output>.front.json``) and, when asked, a plot
-out. Every file is written atomically, and nothing is written if the search fails.
+out. The outputs are checked before the search starts (a long search must not end in an
+unwritable path), written to temp files beside their targets and renamed together at the end:
+all of them or none, also on a full disk or an interrupt. Progress goes to stderr: bars on a
+terminal, a status line every few seconds in a log.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from mtdeploy.api import load_model
 from mtdeploy.errors import InputError
-from mtdeploy.io import load_samples, write_json
+from mtdeploy.io import atomic_paths, check_output_files, load_samples, write_json
 from mtdeploy.search import SearchResult, SearchSettings, parse_budget, search, split_calibration
 from mtdeploy.search.front import front_table, plot_front
 
@@ -23,20 +26,24 @@ _TABLE_METRICS = ("mean_T", "sum_T", "max_T", "synops")
 def run(a) -> int:
     budget = parse_budget(a.budget)   # a bad budget string fails before any work is done
     output = _model_path(a.output)
+    front = a.front or output.with_suffix(".front.json")
+    outputs = [output, front] + ([a.plot] if a.plot else [])
+    check_output_files(outputs, protect=[a.model, a.data] + ([a.val] if a.val else []))
     graph = load_model(a.model, a.input_shape, a.trust_pickle)
     calib_x, calib_y, val_x, val_y = _data(a)
     settings = SearchSettings(budget=budget, seed=a.seed, device=a.device, finetune_epochs=a.epochs,
                               finetune_weights=a.finetune_weights, target=a.target,
-                              threads=a.threads, progress=sys.stderr.isatty())
+                              threads=a.threads,
+                              progress="bars" if sys.stderr.isatty() else "lines")
     result = search(graph, calib_x, calib_y, val_x, val_y, settings)
     result.settings.update({"model": str(a.model), "data": str(a.data),
                             "val": str(a.val) if a.val is not None else None,
                             "val_fraction": None if a.val is not None else a.val_fraction})
-    front = a.front or output.with_suffix(".front.json")
-    result.module().save_torchscript(output)
-    write_json(front, result.to_json())
-    if a.plot:
-        plot_front(result, a.plot, title=f"{Path(a.model).name}: per-layer timestep search")
+    with atomic_paths(*outputs) as files:
+        result.module().save_torchscript(files[0])
+        write_json(files[1], result.to_json())
+        if a.plot:
+            plot_front(result, files[2], title=f"{Path(a.model).name}: per-layer timestep search")
     _print_summary(result)
     print(f"  model -> {a.output}; front -> {front}" + (f"; plot -> {a.plot}" if a.plot else ""))
     return 0

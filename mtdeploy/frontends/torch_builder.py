@@ -9,11 +9,15 @@ getitem, no-ops) go through one handler table, and no layer type is special-case
 User mistakes never surface as tracebacks: each unsupported op is collected with its module
 path and a hint, and all are reported at once as an ``UnsupportedOpsError``. ``finish`` infers
 shapes node by node so that a wrong input shape names its layer, and checks every module
-rebuilt from TorchScript against the archive's own submodule on random data.
+rebuilt from TorchScript against the archive's own submodule on random data; before either, it
+refuses from the shapes alone a network larger than any bundled hardware profile holds, so
+that a huge input shape never reaches torch.
 """
 from __future__ import annotations
 
 import enum
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,6 +27,7 @@ from torch import nn
 from mtdeploy.errors import InputError, UnsupportedOpsError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import KINDS, kind_for_module, kind_of
+from mtdeploy.targets.profiles import bundled_names, load_profile
 
 __all__ = ["GraphBuilder", "Ref", "Special", "DirectParameter", "IDENTITY_MODULES"]
 
@@ -193,32 +198,49 @@ class GraphBuilder:
     def _infer_shapes_and_check(self) -> None:
         """``Graph.infer_shapes``, node by node, so that whatever fails names its layer.
 
-        Per node, in order: the kind's shape rule (a wrong input shape fails at the first layer
-        it does not fit), an explicit ``view(-1, N)`` size, and, for modules rebuilt from
-        TorchScript, a comparison with the archive's own submodule.
+        First, from the shapes alone (no torch), the network's size: a huge input shape must
+        not reach torch. Then per node, in order: its shape (:meth:`_shape`) and, for a module
+        rebuilt from TorchScript, a comparison with the archive's own submodule (which tells
+        what is wrong with a module before a later layer's shape would).
         """
         graph = self.graph
+        _check_size(graph, self._shapes_until_an_error())
         for node in graph:
             in_shapes = [graph[i].shape for i in node.inputs]
-            try:
-                shape = tuple(int(d) for d in kind_of(node).infer_shape(node, in_shapes))
-            except InputError:
-                raise
-            except Exception as exc:
-                raise InputError(f"{node.label()}: cannot take an input of shape "
-                                 f"{in_shapes[0] if len(in_shapes) == 1 else in_shapes} "
-                                 f"({type(exc).__name__}: {exc}); check the input shape") from None
-            if shape and min(shape) < 1:
-                raise InputError(f"{node.label()}: output shape {shape} is empty; the input "
-                                 f"{tuple(graph.input.shape)} is too small for this layer")
-            node.shape = shape
-            features = self.flatten_sizes.get(node.name)
-            if features is not None and shape != (features,):
-                raise InputError(f"{node.label()}: reshapes to (batch, {features}) but its input "
-                                 f"{in_shapes[0]} has {shape[0]} values per sample; check the "
-                                 "input shape")
+            node.shape = self._shape(node, in_shapes)
             if node.name in self.rebuilt:
                 self._check_rebuilt(node, in_shapes[0])
+
+    def _shapes_until_an_error(self) -> dict[str, tuple[int, ...]]:
+        """Each node's shape, in order, up to the first node whose shape fails."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for node in self.graph:
+            try:
+                shapes[node.name] = self._shape(node, [shapes[i] for i in node.inputs])
+            except InputError:
+                break
+        return shapes
+
+    def _shape(self, node: Node, in_shapes: list) -> tuple[int, ...]:
+        """The kind's shape rule (a wrong input shape fails at the first layer it does not
+        fit), then an explicit ``view(-1, N)`` size."""
+        try:
+            shape = tuple(int(d) for d in kind_of(node).infer_shape(node, in_shapes))
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{node.label()}: cannot take an input of shape "
+                             f"{in_shapes[0] if len(in_shapes) == 1 else in_shapes} "
+                             f"({type(exc).__name__}: {exc}); check the input shape") from None
+        if shape and min(shape) < 1:
+            raise InputError(f"{node.label()}: output shape {shape} is empty; the input "
+                             f"{tuple(self.graph.input.shape)} is too small for this layer")
+        features = self.flatten_sizes.get(node.name)
+        if features is not None and shape != (features,):
+            raise InputError(f"{node.label()}: reshapes to (batch, {features}) but its input "
+                             f"{in_shapes[0]} has {shape[0]} values per sample; check the "
+                             "input shape")
+        return shape
 
     def _check_rebuilt(self, node: Node, in_shape: tuple[int, ...]) -> None:
         """A module rebuilt from TorchScript must compute what the archive's submodule computes."""
@@ -236,6 +258,27 @@ class GraphBuilder:
                 f"{node.label()}: the TorchScript submodule does not behave like a standard "
                 f"{type(eager).__name__} (custom forward, or an option such as padding_mode "
                 f"that mtdeploy does not support)")
+
+
+@functools.lru_cache(maxsize=1)
+def largest_profile() -> tuple[str, int]:
+    """(name, neurons) of the bundled hardware profile that holds the most neurons."""
+    return max(((name, load_profile(name).total_neurons) for name in bundled_names()),
+               key=lambda named: named[1])
+
+
+def _check_size(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, from ``shapes`` alone, a network with more neurons (activations and output)
+    than the largest bundled profile holds: such an input shape is a mistake, and checking
+    it with torch would allocate memory in proportion."""
+    neurons = sum(math.prod(shapes[node.name]) for node in graph if node.name in shapes and (
+        kind_of(node).role == "activation" or node.name == graph.output))
+    name, limit = largest_profile()
+    if neurons > limit:
+        counted = "" if len(shapes) == len(graph) else "at least "   # up to a shape error
+        raise InputError(f"with input shape {tuple(graph.input.shape)} the network has "
+                         f"{counted}{neurons:,} neurons, more than the largest hardware profile "
+                         f"({name}, {limit:,}) holds; check the input shape")
 
 
 def _describe(value: Any) -> str:

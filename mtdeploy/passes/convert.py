@@ -5,6 +5,7 @@ See docs/semantics.md §1 for the graph these passes produce.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,36 @@ def insert_alignment(graph: Graph, method: str = "avg-repeat") -> Graph:
                          + "\n  ".join(mismatches)
                          + "\n(use alignment avg-repeat or ttm, or equal timesteps)")
     return graph
+
+
+def check_timestep_range(graph: Graph, profile) -> None:
+    """Refuse a T that the target's integer state cannot count (InputError naming the layers).
+
+    Bounds from the profile's bits (docs/semantics.md §3): an avg-repeat alignment accumulator
+    holds a producer's spike count, up to its T, so every T <= 2^(accumulator_bits-1) - 1.
+    The readout never resets: it sums T_readout steps of its input, which on an avg-repeat
+    edge is the producer's count, up to T_producer, every step; so one input of weight 1 firing
+    throughout already reaches T_readout * T_producer, and that must fit 2^(state_bits-1) - 1
+    (T <= 2896 for the layers feeding the readout with 24-bit state).
+    """
+    count_max = 2 ** (profile.accumulator_bits - 1) - 1
+    state_max = 2 ** (profile.state_bits - 1) - 1
+    problems = [f"{node.label()}: T={node.T} > {count_max:,} (its spike count must fit the "
+                f"{profile.accumulator_bits}-bit accumulator)"
+                for node in spiking_populations(graph) if node.T > count_max]
+    readout = graph[graph.output]
+    for edge in incoming_edges(graph, readout):
+        producer = graph[edge.producer]
+        counts = edge.align is not None and graph[edge.align].attrs.get("method") == "avg-repeat"
+        reach = readout.T * (producer.T if counts else 1)
+        if not is_source(producer) and reach > state_max:
+            problems.append(f"{producer.label()}: T={producer.T} feeds the readout (T="
+                            f"{readout.T}), whose sum reaches {reach:,} > {state_max:,} "
+                            f"({profile.state_bits}-bit state)")
+    if problems:
+        raise InputError(f"timesteps too large for {profile.name}:\n  " + "\n  ".join(problems)
+                         + f"\n(with this profile, layers feeding the readout may have T <= "
+                         f"{math.isqrt(state_max):,}, the others T <= {count_max:,})")
 
 
 def check_projection_trees(graph: Graph) -> None:

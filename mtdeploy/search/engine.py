@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -37,6 +36,7 @@ from mtdeploy.search.budget import Budget, parse_budget
 from mtdeploy.search.costs import CoreCounter, FanoutModel, latency, spike_counts
 from mtdeploy.search.data import as_tensors
 from mtdeploy.search.graph_module import GraphModule
+from mtdeploy.search.progress import Progress
 from mtdeploy.search.proposals import Config, greedy, knapsack, sensitivity, shortlist
 from mtdeploy.search.result import Candidate, SearchResult, materialise
 from mtdeploy.search.tuning import Evaluator, finetune
@@ -59,7 +59,9 @@ class SearchSettings:
     nothing from intra-op threads, and on a busy machine their synchronisation costs more than
     the arithmetic (measured here: a 240x12x16 linear took ~3 ms with 2 threads under load,
     0.01 ms with 1), so 1 is the better choice for them.
-    ``progress``: progress bars on stderr (None: when stderr is a terminal).
+    ``progress``: True or "bars" for progress bars on stderr, "lines" for a status line when a
+    stage starts and every 15 s (for logs), False for none; None: bars when stderr is a
+    terminal, else none.
     """
 
     budget: Budget | str | None = None
@@ -75,7 +77,7 @@ class SearchSettings:
     exhaustive_limit: int = 1024
     target: str | None = "loihi2"
     threads: int | None = None
-    progress: bool | None = None
+    progress: bool | str | None = None
 
 
 def search(graph: Graph, calib_x, calib_y, val_x, val_y, settings: SearchSettings | None = None,
@@ -88,8 +90,9 @@ def search(graph: Graph, calib_x, calib_y, val_x, val_y, settings: SearchSetting
     """
     settings = replace(settings or SearchSettings(), **options)
     budget, choices, device = _checked(settings)
-    with _deterministic(settings.seed, settings.threads):
-        run = _Search(graph, (calib_x, calib_y, val_x, val_y), settings, budget, choices, device)
+    with _deterministic(settings.seed, settings.threads), Progress(settings.progress) as progress:
+        run = _Search(graph, (calib_x, calib_y, val_x, val_y), settings, budget, choices, device,
+                      progress)
         given = run.input_model()
         table = run.sensitivity()
         proposals = run.proposals(table)
@@ -136,9 +139,9 @@ class _Search:
     calibration measurement of every configuration tried so far (each is measured once)."""
 
     def __init__(self, graph: Graph, data, settings: SearchSettings, budget: Budget | None,
-                 choices: list[int], device: torch.device):
+                 choices: list[int], device: torch.device, progress: Progress):
         self.settings, self.budget, self.choices, self.device = settings, budget, choices, device
-        self.show = sys.stderr.isatty() if settings.progress is None else settings.progress
+        self.track = progress.track
         self.module = GraphModule(graph).to(device)
         self.base_graph = self.module.graph
         self.layers = list(self.module.levels)
@@ -153,14 +156,6 @@ class _Search:
         self.ev = Evaluator(self.module, self.fanout, settings.batch_size)
         self.top = (choices[-1],) * len(self.layers)
         self.measured: dict[Config, dict[str, float]] = {}
-
-    def track(self, items: Iterable, desc: str) -> Iterable:
-        """``items``, behind a progress bar when progress is on."""
-        if not self.show:
-            return items
-        from tqdm import tqdm
-
-        return tqdm(items, leave=False, desc=desc)
 
     def calib(self, config: Config) -> dict[str, float]:
         """Loss, accuracy and SynOps of ``config`` on the calibration data, base thresholds."""

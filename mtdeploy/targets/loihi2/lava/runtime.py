@@ -2,12 +2,16 @@
 
 Lava runs every leaf process as an OS process. A run here is bounded by a deadline, notices a
 process that died (Lava 0.10 would wait forever), and ends with a graceful stop or, when that is
-impossible or hangs, by terminating the runtime's processes itself.
+impossible or hangs, by terminating the runtime's processes itself. SIGTERM and SIGHUP end a run
+like Ctrl-C does (:mod:`mtdeploy.interrupts`), and the processes Lava forks leave Ctrl-C to
+this one: a terminal sends it to the whole process group, and each child would print a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from importlib.metadata import version
@@ -17,6 +21,7 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from mtdeploy.errors import MtdeployError
+from mtdeploy.interrupts import SIGNALS, interrupts_raised
 
 DEFAULT_TIMEOUT_S = 600.0
 STOP_GRACE_S = 30.0         # a graceful stop taking longer is abandoned for termination
@@ -45,7 +50,8 @@ class LavaRuntime:
             timeout_s: float | None = DEFAULT_TIMEOUT_S) -> R:
         """Run ``steps`` steps, return ``read()`` (called while the processes still live).
 
-        The runtime is stopped afterwards whatever happens (errors, Ctrl-C). ``timeout_s`` counts
+        The runtime is stopped afterwards whatever happens (errors, Ctrl-C, SIGTERM, SIGHUP:
+        these raise :class:`mtdeploy.interrupts.Interrupted` here). ``timeout_s`` counts
         from this call, compile and start-up included, and is enforced while the network runs:
         past it the OS processes are terminated and :class:`MtdeployError` is raised. A process
         that dies mid-run raises :class:`MtdeployError` with its exception at once.
@@ -54,6 +60,10 @@ class LavaRuntime:
             raise MtdeployError("this LavaNetwork has already run; build a new one "
                                 "(lower_to_lava) for another batch")
         self._started = True
+        with interrupts_raised(), _children_ignore_interrupts():
+            return self._run(steps, read, timeout_s)
+
+    def _run(self, steps: int, read: Callable[[], R], timeout_s: float | None) -> R:
         deadline = None if timeout_s is None else time.monotonic() + float(timeout_s)
         finished = False
         try:
@@ -106,6 +116,31 @@ class LavaRuntime:
             if not stopper.is_alive():
                 return
         _terminate(runtime)
+
+
+_RUNS = [0]   # Lava runs in progress in this process (children forked meanwhile are Lava's)
+
+
+def _child_signals() -> None:
+    """In a process forked during a Lava run: SIGINT ignored (the parent takes Ctrl-C and
+    stops its children), SIGTERM and SIGHUP at their default (the parent's handlers, inherited
+    through fork, would keep a child alive when the parent terminates it)."""
+    if _RUNS[0]:
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_child_signals)
+
+
+@contextlib.contextmanager
+def _children_ignore_interrupts():
+    """Mark a Lava run in progress, for :func:`_child_signals`."""
+    _RUNS[0] += 1
+    try:
+        yield
+    finally:
+        _RUNS[0] -= 1
 
 
 def _actors(runtime) -> list:
