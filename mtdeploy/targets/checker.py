@@ -11,7 +11,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from mtdeploy.findings import SEVERITIES, Finding
 from mtdeploy.ir.graph import Graph
