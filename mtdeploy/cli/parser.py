@@ -7,7 +7,7 @@ import re
 import sys
 
 from mtdeploy.version import __version__
-from mtdeploy.cli.values import shape
+from mtdeploy.cli.values import seed, shape
 
 MODEL_HELP = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "
               "unpickling runs code from the file), an mtdeploy .mtir, a NetX .net, or a "
@@ -23,9 +23,10 @@ OPTIONS = {
                 "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
                 "weight_bits": "--weight-bits"},
     "check": {"timesteps": "--timesteps"},
-    "simulate": {"backend": "--backend", "seed": "--seed"},
+    "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input"},
+    "ladder": {"samples": "-n", "input": "--input"},
     "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
-               "finetune_epochs": "--epochs", "threads": "--threads"},
+               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed"},
 }
 _LEADING_NAMES = re.compile(r"[a-z_]+(?:, [a-z_]+)*(?![\w-])")
 
@@ -87,7 +88,7 @@ def _add_compile(sub) -> None:
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
                    "scale; default 1.0)")
     c.add_argument("--weight-bits", type=int, default=8)
-    c.add_argument("--seed", type=int, default=0, help="seed of the TPP neurons' random stream")
+    c.add_argument("--seed", type=seed, default=0, help="seed of the TPP neurons' random stream")
     _add_trust_pickle(c)
 
 
@@ -106,7 +107,7 @@ def _add_simulate(sub) -> None:
                    help="X.npy (N, *input_shape) or a labelled .npz (x, y)")
     s.add_argument("--backend", default="reference", choices=["reference", "lava"])
     s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
-    s.add_argument("--seed", type=int, help="TPP seed (default: the build's)")
+    s.add_argument("--seed", type=seed, help="TPP seed (default: the build's)")
     s.add_argument("-o", "--output", help="write the outputs (N, classes) to this .npy")
 
 
@@ -133,7 +134,7 @@ def _add_search(sub) -> None:
                     help="the searched model as TorchScript .pt (ready for 'mtdeploy compile')")
     se.add_argument("--front", help="Pareto front JSON (default: OUTPUT with .front.json)")
     se.add_argument("--plot", help="Pareto front plot (.png)")
-    se.add_argument("--seed", type=int, default=0, help="seed of the split and fine-tuning (0)")
+    se.add_argument("--seed", type=seed, default=0, help="seed of the split and fine-tuning (0)")
     se.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     se.add_argument("--epochs", type=int, default=5,
                     help="threshold fine-tuning epochs per candidate (default 5; 0: none)")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mtdeploy.errors import InputError
+from mtdeploy.validate import SEED_MAX, integer
 
 
 def shape(text: str) -> tuple[int, ...]:
@@ -17,6 +18,17 @@ def shape(text: str) -> tuple[int, ...]:
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
     return dims
+
+
+def seed(text: str) -> int:
+    """``--seed``: an integer in [0, 2^32 - 1] (numpy's and torch's generators refuse
+    negative seeds), an argparse type."""
+    try:
+        return integer("seed", int(text), 0, SEED_MAX)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("seed ")) from None
 
 
 def timesteps(spec: str | None):
