@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from mtdeploy.errors import InputError
@@ -18,6 +19,19 @@ def shape(text: str) -> tuple[int, ...]:
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
     return dims
+
+
+NAME_MAX, PATH_MAX = 255, 4095    # bytes per path component and per path (Linux)
+
+
+def path(text: str) -> str:
+    """A file or folder argument the OS can look up, an argparse type: a name it cannot
+    (a component over 255 bytes, a NUL) would fail every file call with an OSError."""
+    raw = os.fsencode(text)
+    if b"\0" in raw or len(raw) > PATH_MAX or any(len(c) > NAME_MAX for c in raw.split(b"/")):
+        raise argparse.ArgumentTypeError(f"not a usable path (a NUL byte, a name over {NAME_MAX}"
+                                         f" bytes or a path over {PATH_MAX}): {text[:60]!r}...")
+    return text
 
 
 def seed(text: str) -> int:
@@ -36,10 +50,14 @@ def timesteps(spec: str | None):
     if spec is None:
         return None
     text = spec.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
-    if Path(text).is_file():
-        text = Path(text).read_text()
+    if _is_file(text):
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--timesteps {spec!r}: cannot read the file as JSON text "
+                             f"({type(exc).__name__})") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -48,3 +66,12 @@ def timesteps(spec: str | None):
     if not isinstance(value, (int, dict)) or isinstance(value, bool):
         raise InputError("--timesteps JSON must be an integer or an object {layer: T}")
     return value
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names a file; False for what cannot be a path (a JSON text may be
+    longer than a file name may)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False

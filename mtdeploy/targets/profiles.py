@@ -28,6 +28,7 @@ COUNT_MAX = 2 ** 24        # chips, cores, delays, hop steps
 SIZE_MAX = 2 ** 40         # neurons, bytes and axons per core
 BITS_MAX = 64              # register widths
 FIGURE_MAX = 1e12          # pJ, ns, W
+HOP_MAX = 1024             # steps per synapse hop: every window and period scales with it
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("timing.neuron_update_ns", "neuron_update_ns", float, 0),
     Key("timing.barrier_ns", "barrier_ns", float, 0),
     Key("timing.interchip_latency_ns", "interchip_latency_ns", float, 0),
-    Key("timing.hop_steps", "hop_steps", int, 0, maximum=COUNT_MAX),
+    Key("timing.hop_steps", "hop_steps", int, 0, maximum=HOP_MAX),
 )
 _LEAF_KEYS = {"value", "source", "assumption", "note", "proxy"}
+_LEAF_TYPES = {"source": str, "proxy": str, "assumption": bool, "note": str}
 _TOP_KEYS = {"name", "title", "extends", "sources", "published"} | {k.path.split(".")[0] for k in SCHEMA}
 
 
@@ -223,8 +225,13 @@ def _check_leaf(where: str, dotted: str, leaf: Any, sources: dict) -> None:
                          f"(or 'assumption: true' and 'note'), got {leaf!r}")
     unknown = set(leaf) - _LEAF_KEYS
     if unknown:
-        raise InputError(f"{where}: {dotted}: unknown field(s) {sorted(unknown)}; "
+        raise InputError(f"{where}: {dotted}: unknown field(s) {sorted(map(str, unknown))}; "
                          f"allowed: {sorted(_LEAF_KEYS)}")
+    for field_name, kind in _LEAF_TYPES.items():
+        if field_name in leaf and not isinstance(leaf[field_name], kind):
+            raise InputError(f"{where}: {dotted}: {field_name} must be "
+                             f"{'true or false' if kind is bool else 'a string'}, "
+                             f"got {leaf[field_name]!r}")
     if leaf.get("assumption"):
         if not str(leaf.get("note", "")).strip():
             raise InputError(f"{where}: {dotted}: an assumption needs a 'note' with its reasoning")
@@ -242,7 +249,7 @@ def validate_profile(doc: dict, where: str) -> dict[str, Any]:
     ``where`` (the file) and the dotted key."""
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise InputError(f"{where}: unknown top-level key(s) {sorted(unknown)}; "
+        raise InputError(f"{where}: unknown top-level key(s) {sorted(map(str, unknown))}; "
                          f"allowed: {sorted(_TOP_KEYS)}")
     for key in ("name", "title"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
@@ -257,7 +264,7 @@ def validate_profile(doc: dict, where: str) -> dict[str, Any]:
         known = {k.path.split(".")[1] for k in SCHEMA if k.path.startswith(section + ".")}
         extra = set(body) - known
         if extra:
-            raise InputError(f"{where}: {section}: unknown key(s) {sorted(extra)}; "
+            raise InputError(f"{where}: {section}: unknown key(s) {sorted(map(str, extra))}; "
                              f"allowed: {sorted(known)}")
     values: dict[str, Any] = {}
     for key in SCHEMA:
