@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,8 @@ def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None
             y = data["y"] if "y" in data.files else None
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError) as exc:
         # (object arrays, a truncated array or member, a damaged zip)
         raise InputError(f"{path}: not a readable .npy/.npz file ({exc})") from None
     except MemoryError:

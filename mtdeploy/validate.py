@@ -14,7 +14,7 @@ import numpy as np
 
 from mtdeploy.errors import InputError
 
-__all__ = ["real", "integer", "finite_array", "finite_params", "graph_values", "SEED_MAX"]
+__all__ = ["real", "integer", "finite_params", "graph_values", "SEED_MAX"]
 
 SEED_MAX = 2 ** 32 - 1   # seeds of numpy's and torch's generators and the TPP stream
 
@@ -50,17 +50,6 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
         raise InputError(f"{name} must be an integer {_bounds(lo, hi, False)}".rstrip()
                          + f", got {value!r}")
     return int(value)
-
-
-def finite_array(name: str, value) -> np.ndarray:
-    """``value`` as a real numeric array without NaN or infinity."""
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise InputError(f"{name} holds {bad} non-finite value(s) (NaN or infinity)")
-    return arr
 
 
 def finite_params(label: str, params: dict) -> None:
@@ -103,20 +92,32 @@ def graph_values(graph, where: str) -> None:
         label = f"{where}: {node.label()}"
         if node.T is not None and not (_is_int(node.T) and node.T >= 1):
             raise InputError(f"{label}: T must be an integer >= 1, got {node.T!r}")
-        finite_params(label, node.params)
-        for name, value in node.params.items():
-            arr = np.asarray(value)
-            if arr.dtype.kind not in "biuf" or (name.endswith("_int") and arr.dtype.kind not in "iu"):
-                raise InputError(f"{label}: parameter {name} has dtype {arr.dtype}; expected "
-                                 f"{'integers' if name.endswith('_int') else 'real numbers'}")
-        if "threshold" in node.params:
-            real(f"{label}: threshold", float(np.asarray(node.params["threshold"]).reshape(-1)[0]),
-                 0.0, lo_open=True)
+        _check_params(label, node.params, tuple(node.shape))
         for name, (ok, wanted) in _ATTR_RULES.items():
             if name in node.attrs and not ok(node.attrs[name]):
                 raise InputError(f"{label}: {name} must be {wanted}, got {node.attrs[name]!r}")
         if not _all_finite(node.attrs):
             raise InputError(f"{label}: an attribute holds NaN or infinity")
+
+
+def _check_params(label: str, params: dict, shape: tuple) -> None:
+    """Real and finite arrays; ``X_int`` ones of an integer dtype, shaped like ``X``, or, with
+    no ``X`` (``bias_int``), one value per neuron of the layer; a threshold one number > 0."""
+    finite_params(label, params)
+    for name, value in params.items():
+        arr = np.asarray(value)
+        integral = name.endswith("_int")
+        if arr.dtype.kind not in ("iu" if integral else "biuf"):
+            raise InputError(f"{label}: parameter {name} has dtype {arr.dtype}; expected "
+                             f"{'integers' if integral else 'real numbers'}")
+        twin = params.get(name[:-len("_int")]) if integral else None
+        wanted = np.shape(twin) if twin is not None else shape
+        if integral and arr.shape != tuple(wanted):
+            raise InputError(f"{label}: parameter {name} has shape {arr.shape}, expected "
+                             f"{tuple(wanted)}")
+    if "threshold" in params:
+        th = np.asarray(params["threshold"])
+        real(f"{label}: threshold", th.item() if th.size == 1 else None, 0.0, lo_open=True)
 
 
 def _all_finite(value) -> bool:

@@ -386,3 +386,62 @@ def test_report_json_has_no_nan_with_a_valid_profile(files):
     text = (files / "build" / "report.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     yaml.safe_load(LOIHI2)    # the bundled profile itself stays valid
+
+
+# ---- found by tests/test_fuzz_cli.py ---------------------------------------------------------
+def test_mtir_bytes_damaged_anywhere_are_input_errors(files, tmp_path):
+    from mtdeploy.frontends import load_model_graph
+    from mtdeploy.io import save_graph
+
+    good = tmp_path / "good.mtir"
+    save_graph(load_model_graph(files / "model.pt"), good)
+    raw = good.read_bytes()
+    for at in range(0, len(raw), max(1, len(raw) // 97)):
+        bad = tmp_path / "bad.mtir"
+        bad.write_bytes(raw[:at] + bytes([raw[at] ^ 0x5A]) + raw[at + 1:])
+        try:
+            load_model_graph(bad)
+        except InputError:
+            pass
+
+
+def _set_dataset(name, value):
+    def edit(f):
+        del f[name]
+        f.create_dataset(name, data=value)
+    return edit
+
+
+FOUND_EDITS = {"layer type as an array": (_set_dataset("layer/0/type", np.ones((3, 3))), False,
+                                          "stock layers differ"),
+               "weight_int shaped unlike weight, digest recomputed": (
+                   lambda f: _edit_param(f, "linear", "weight", lambda v: np.float32(-1)), True,
+                   "weight_int has shape"),
+               "weights as scalars, digest recomputed": (
+                   lambda f: [_edit_param(f, "linear", name, lambda v: v.reshape(-1)[:1][0])
+                              for name in ("weight", "weight_int")], True, "does not compute")}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND_EDITS))
+def test_found_netx_edits_are_input_errors(files, tmp_path, case):
+    edit, redigest, words = FOUND_EDITS[case]
+    build = _edited_build(files, tmp_path, edit, redigest=redigest)
+    with pytest.raises(InputError, match=words):
+        read_netx(build / "network.net")
+
+
+def test_found_cli_cases(capsys, files, tmp_path):
+    long_name = tmp_path / ("m" * 300 + ".pt")
+    assert_input_error(run(capsys, "compile", long_name), "not a usable path")
+    assert_input_error(run(capsys, "compile", files / "model.pt", "-o", tmp_path / ("o" * 300)),
+                       "not a usable path")
+    assert_input_error(run(capsys, "compile", files / "model.pt", "-o", tmp_path / "b",
+                           "--timesteps", files / "build" / "network.net"), "--timesteps")
+    assert_input_error(run(capsys, "compile", files / "model.pt", "-o", tmp_path / "b",
+                           "--timesteps", "\N{SUPERSCRIPT TWO}"), "--timesteps")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(LOIHI2.replace("chips: {value: 1, source: loihi2_brief}",
+                                      "chips: {value: 1, source: [1, 2]}"))
+    assert_input_error(run(capsys, "check", files / "model.pt", "--target", profile),
+                       "system.chips: source must be a string")
+    assert not (tmp_path / "b").exists()

@@ -24,6 +24,7 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
 from mtdeploy.ir.snn import is_readout
+from mtdeploy.sim.ann import ann_forward
 from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
                                                 form_for_neuron, form_for_part)
 from mtdeploy.targets.loihi2.netx.plan import plan_netx
@@ -96,6 +97,7 @@ def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
                          "of its graph, stock record and parameters does not match "
                          "/mtdeploy/digest): the file was edited or damaged after writing")
     graph_values(g, str(path))
+    _runs(g, path)
     if isinstance(stock, dict) and stock.get("loadable") is False:
         if layers:
             raise InputError(f"{path}: stock layers were added to a file whose network has no "
@@ -112,6 +114,19 @@ def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
                          f"produces ({mismatch}); the file was edited after writing. Read the "
                          "stock layers with read_netx(path, use_extension=False)")
     return g
+
+
+def _runs(g: Graph, path) -> None:
+    """One all-zero sample through the graph's float form: a parameter whose shape does not
+    fit its layer (in a file whose digest was recomputed after an edit) fails here, as an
+    InputError, not inside a simulator."""
+    try:
+        ann_forward(g, np.zeros((1, *g.input.shape)))
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: the mtdeploy extension's network does not compute "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _extension_params(path, ext: dict) -> dict:
@@ -154,7 +169,7 @@ def _dict_difference(e: dict, a) -> str | None:
             if sub:
                 return f"{k}/{sub}"
         elif isinstance(e[k], str):
-            if e[k] != a[k]:
+            if not (isinstance(a[k], str) and e[k] == a[k]):
                 return f"{k}={a[k]!r}, expected {e[k]!r}"
         elif not np.array_equal(np.asarray(e[k]), np.asarray(a[k])):
             return f"{k} differs"
