@@ -7,7 +7,7 @@ translates those names into its flags.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 from mtdeploy import frontends
 from mtdeploy.frontends.netx import read_netx
 from mtdeploy.errors import DoesNotFitError, InputError
-from mtdeploy.io import atomic_dir, check_output_dir, write_json, write_text
+from mtdeploy.io import atomic_dir, check_output_dir, check_samples, write_json, write_text
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 from mtdeploy.passes.convert import check_timestep_range
@@ -25,6 +25,7 @@ from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
+from mtdeploy.validate import SEED_MAX, integer
 
 
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
@@ -68,20 +69,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     graph = load_model(model, input_shape, trust_pickle)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
-    if graph.meta.get("converted"):
-        # A .net / .mtsnn.h5 (mtdeploy's or lava-dl's) holds a converted, quantized network.
-        changed = [name for name, value in (("timesteps", timesteps), ("input_max", input_max))
-                   if value is not None]
-        changed += [name for name, value, default in (
-            ("alignment", alignment, "avg-repeat"), ("neuron", neuron, "if"),
-            ("v_init", v_init, 0.5), ("seed", seed, 0), ("weight_bits", weight_bits, 8),
-            ("input_bits", input_bits, 8)) if value != default]
-        if changed:
-            raise InputError(f"{', '.join(changed)}: the model is already converted and quantized "
-                             "(a .net file); these options apply to PyTorch models only")
-        snn = graph
-    else:
-        snn = convert(graph, options)
+    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits)
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
@@ -95,6 +83,22 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     if write:
         _write_build(build, force, protect)
     return build
+
+
+def as_snn(graph: Graph, options: ConvertOptions, **quantization) -> Graph:
+    """``graph`` converted with ``options``; a graph read from a .net file (mtdeploy's or
+    lava-dl's) is already converted and quantized and is returned as it is, after refusing
+    every option (and ``quantization`` setting) that differs from its default: none of them
+    could apply to it."""
+    if not graph.meta.get("converted"):
+        return convert(graph, options)
+    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8}
+    changed = [name for name, value in {**asdict(options), **quantization}.items()
+               if not (value is defaults[name] or value == defaults[name])]
+    if changed:
+        raise InputError(f"{', '.join(changed)}: the model is already converted and quantized "
+                         "(a .net file); these options apply to PyTorch models only")
+    return graph
 
 
 def _lava_description(graph: Graph) -> dict:
@@ -143,10 +147,19 @@ def load_build(build_dir) -> Graph:
 
 
 def simulate_build(build_dir_or_graph, x: np.ndarray, backend: str = "reference",
-                   fixed_point: bool = False, seed: int | None = None, progress: bool = False):
-    """Outputs (N, classes) in ANN units, plus the SimResult for the reference backend."""
+                   fixed_point: bool = False, seed: int | None = None, progress: bool = False,
+                   labels: np.ndarray | None = None):
+    """Outputs (N, classes) in ANN units, plus the SimResult for the reference backend.
+
+    ``labels`` (N,), when the caller will score the outputs, are checked to be class indices
+    of this network before anything runs.
+    """
     graph = build_dir_or_graph if isinstance(build_dir_or_graph, Graph) \
         else load_build(build_dir_or_graph)
+    x, _ = check_samples(x, labels, input_shape=graph.input.shape,
+                         classes=int(np.prod(graph[graph.output].shape)), what="input")
+    if seed is not None:
+        integer("seed", seed, 0, SEED_MAX)
     if backend == "reference":
         result = simulate(graph, x, mode="fixed" if fixed_point else "float", seed=seed,
                           progress=progress)

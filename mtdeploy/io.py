@@ -18,6 +18,8 @@ import os
 import shutil
 import stat
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -336,22 +338,105 @@ def _swap(tmp: Path, target: Path) -> None:
 
 
 def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """``X.npy`` (N, *input_shape) or a labelled ``.npz`` with ``x`` and ``y``."""
+    """``X.npy`` (N, *input_shape) or a labelled ``.npz`` with ``x`` and ``y``, checked by
+    :func:`check_samples` (real, finite, at least one sample; labels integer and >= 0)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
+        _check_array_sizes(path)
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(data, np.ndarray):
+            return check_samples(data, what=str(path))
+        with data:
+            if "x" not in data.files:
+                raise InputError(f"{path}: an .npz input needs an array 'x' (and 'y' for "
+                                 f"accuracy); found {data.files}")
+            x = data["x"]
+            y = data["y"] if "y" in data.files else None
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError) as exc:
+        # (object arrays, a truncated array or member, a damaged zip)
         raise InputError(f"{path}: not a readable .npy/.npz file ({exc})") from None
-    if isinstance(data, np.ndarray):
-        return data.astype(np.float64), None
-    with data:
-        if "x" not in data.files:
-            raise InputError(f"{path}: an .npz input needs an array 'x' (and 'y' for accuracy); "
-                             f"found {data.files}")
-        x = data["x"].astype(np.float64)
-        y = data["y"].astype(np.int64) if "y" in data.files else None
-    if y is not None and len(y) != len(x):
-        raise InputError(f"{path}: x has {len(x)} samples but y has {len(y)}")
-    return x, y
+    except MemoryError:
+        raise InputError(f"{path}: its arrays do not fit in memory") from None
+    return check_samples(x, y, what=str(path))
+
+
+def _check_array_sizes(path: Path) -> None:
+    """Refuse an .npy (or .npz member) whose header promises more data than the file holds,
+    before numpy allocates what the header says: a damaged or hostile header could ask for
+    terabytes."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as fh:
+                        _check_npy_header(fh, info.file_size, f"{path}: {info.filename}")
+        return
+    with open(path, "rb") as fh:
+        _check_npy_header(fh, path.stat().st_size, str(path))
+
+
+def _check_npy_header(fh, size: int, where: str) -> None:
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            return                      # np.load says what is wrong with it
+        shape, _, dtype = read(fh)
+    except ValueError:
+        return
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if not dtype.hasobject and need > size - fh.tell():
+        raise InputError(f"{where}: truncated: its header promises {need:,} bytes of data, the "
+                         f"file holds {max(size - fh.tell(), 0):,}")
+
+
+LABEL_LIMIT = 2 ** 31   # class indices beyond this are no model's outputs
+
+
+def check_samples(x, y=None, *, input_shape=None, classes: int | None = None,
+                  what: str = "input") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(x as float64, y as int64 or None)`` once they are usable, else InputError.
+
+    One validator for every verb that takes samples (simulate, ladder, search), so that NaN,
+    complex or string inputs and labels that are not class indices fail the same way
+    everywhere instead of running and reporting a meaningless accuracy. ``input_shape``:
+    one sample's shape the model takes; ``classes``: the number of model outputs.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"{what}: x must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 1 or len(x) == 0:
+        raise InputError(f"{what}: no samples (x has shape {tuple(x.shape)}; expected (N, "
+                         "*input_shape) with N >= 1)")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise InputError(f"{what}: x has shape {tuple(x.shape)}; the model takes (N, "
+                         f"{', '.join(map(str, input_shape))})")
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise InputError(f"{what}: x holds {int(x.size - np.count_nonzero(np.isfinite(x)))} "
+                         "NaN or infinite value(s)")
+    return x, None if y is None else _check_labels(np.asarray(y), len(x), classes, what)
+
+
+def _check_labels(y: np.ndarray, n: int, classes: int | None, what: str) -> np.ndarray:
+    """Labels as one int64 class index per sample, in [0, classes)."""
+    if y.shape != (n,):
+        hint = "; one-hot labels: store y.argmax(1)" if y.ndim == 2 and y.shape[0] == n else ""
+        raise InputError(f"{what}: y must hold one integer label per sample, shape ({n},), got "
+                         f"shape {tuple(y.shape)}{hint}")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not (
+            np.isfinite(y).all() and np.all(np.mod(y, 1) == 0))):
+        raise InputError(f"{what}: y must hold integer class labels, got dtype {y.dtype}"
+                         + (" with fractional or non-finite values" if y.dtype.kind == "f" else ""))
+    top = LABEL_LIMIT if classes is None else classes
+    if y.min() < 0 or y.max() >= top:
+        bound = "[0, 2^31)" if classes is None else f"[0, {top - 1}] (the model has {top} outputs)"
+        raise InputError(f"{what}: labels must lie in {bound}, found "
+                         f"{int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)

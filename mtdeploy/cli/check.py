@@ -4,16 +4,17 @@ from __future__ import annotations
 import json
 import sys
 
-from mtdeploy.api import load_model
+from mtdeploy.api import as_snn, load_model
 from mtdeploy.cli.values import timesteps
 from mtdeploy.errors import DoesNotFitError
-from mtdeploy.passes import ConvertOptions, convert
+from mtdeploy.passes import ConvertOptions
 from mtdeploy.targets.checker import check
 
 
 def run(a) -> int:
-    graph = convert(load_model(a.model, a.input_shape, a.trust_pickle),
-                    ConvertOptions(timesteps=timesteps(a.timesteps)))
+    # as compile does: a .net file's network is already converted, so it is checked as it is
+    graph = as_snn(load_model(a.model, a.input_shape, a.trust_pickle),
+                   ConvertOptions(timesteps=timesteps(a.timesteps)))
     return run_check(graph, a.target, a.json, sys.stdout)
 
 

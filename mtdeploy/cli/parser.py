@@ -7,7 +7,7 @@ import re
 import sys
 
 from mtdeploy.version import __version__
-from mtdeploy.cli.values import shape
+from mtdeploy.cli.values import path, seed, shape
 
 MODEL_HELP = ("a TorchScript .pt (safe), a torch.save'd nn.Module .pt (needs --trust-pickle: "
               "unpickling runs code from the file), an mtdeploy .mtir, a NetX .net, or a "
@@ -23,9 +23,10 @@ OPTIONS = {
                 "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
                 "weight_bits": "--weight-bits"},
     "check": {"timesteps": "--timesteps"},
-    "simulate": {"backend": "--backend", "seed": "--seed"},
+    "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input"},
+    "ladder": {"samples": "-n", "input": "--input"},
     "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
-               "finetune_epochs": "--epochs", "threads": "--threads"},
+               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed"},
 }
 _LEADING_NAMES = re.compile(r"[a-z_]+(?:, [a-z_]+)*(?![\w-])")
 
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model(p, target_help: str | None) -> None:
     """The model and what reading it needs: every verb that imports a model takes these."""
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--target", default="loihi2", help=target_help)
+    p.add_argument("model", type=path, help=MODEL_HELP)
+    p.add_argument("--target", type=path, default="loihi2", help=target_help)
     p.add_argument("--input-shape", type=shape, help=INPUT_SHAPE_HELP)
 
 
@@ -76,7 +77,7 @@ def _add_trust_pickle(p) -> None:
 def _add_compile(sub) -> None:
     c = sub.add_parser("compile", help="convert, check and build a model for a target")
     _add_model(c, "profile name (see 'mtdeploy targets') or YAML path")
-    c.add_argument("-o", "--output", default="build",
+    c.add_argument("-o", "--output", type=path, default="build",
                    help="build directory (default: build/); replaced only if it is empty or a "
                    "build mtdeploy wrote")
     c.add_argument("--force", action="store_true",
@@ -92,7 +93,7 @@ def _add_compile(sub) -> None:
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
                    "scale; default 1.0)")
     c.add_argument("--weight-bits", type=int, default=8)
-    c.add_argument("--seed", type=int, default=0, help="seed of the TPP neurons' random stream")
+    c.add_argument("--seed", type=seed, default=0, help="seed of the TPP neurons' random stream")
     _add_trust_pickle(c)
 
 
@@ -106,20 +107,21 @@ def _add_check(sub) -> None:
 
 def _add_simulate(sub) -> None:
     s = sub.add_parser("simulate", help="run a build on inputs")
-    s.add_argument("build", help=BUILD_HELP)
-    s.add_argument("--input", required=True,
+    s.add_argument("build", type=path, help=BUILD_HELP)
+    s.add_argument("--input", type=path, required=True,
                    help="X.npy (N, *input_shape) or a labelled .npz (x, y)")
     s.add_argument("--backend", default="reference", choices=["reference", "lava"])
     s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
-    s.add_argument("--seed", type=int, help="TPP seed (default: the build's)")
-    s.add_argument("-o", "--output", help="write the outputs (N, classes) to this .npy")
+    s.add_argument("--seed", type=seed, help="TPP seed (default: the build's)")
+    s.add_argument("-o", "--output", type=path,
+                   help="write the outputs (N, classes) to this .npy")
 
 
 def _add_ladder(sub) -> None:
     la = sub.add_parser("ladder", help="layer by layer: QCFS ANN -> float SNN -> fixed-point "
                         "SNN -> Lava; names the first layer that diverges")
-    la.add_argument("build", help=BUILD_HELP)
-    la.add_argument("--input", required=True, help="X.npy or a labelled .npz (a few samples: "
+    la.add_argument("build", type=path, help=BUILD_HELP)
+    la.add_argument("--input", type=path, required=True, help="X.npy or a labelled .npz (a few samples: "
                     "Lava's CPU simulator is slow)")
     la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
 
@@ -127,18 +129,18 @@ def _add_ladder(sub) -> None:
 def _add_search(sub) -> None:
     se = sub.add_parser("search", help="per-layer timestep search under a budget")
     _add_model(se, "profile for core counts (cores= budget)")
-    se.add_argument("--data", required=True, help="labelled samples (.npz with x, y); split into "
+    se.add_argument("--data", type=path, required=True, help="labelled samples (.npz with x, y); split into "
                     "calibration and validation unless --val is given")
-    se.add_argument("--val", help="separate validation data (.npz with x, y)")
+    se.add_argument("--val", type=path, help="separate validation data (.npz with x, y)")
     se.add_argument("--val-fraction", type=float, default=0.3,
                     help="share of --data held out for validation (default 0.3, stratified)")
     se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "
                     "cores=N; default: the most accurate configuration")
-    se.add_argument("-o", "--output", required=True,
+    se.add_argument("-o", "--output", type=path, required=True,
                     help="the searched model as TorchScript .pt (ready for 'mtdeploy compile')")
-    se.add_argument("--front", help="Pareto front JSON (default: OUTPUT with .front.json)")
-    se.add_argument("--plot", help="Pareto front plot (.png)")
-    se.add_argument("--seed", type=int, default=0, help="seed of the split and fine-tuning (0)")
+    se.add_argument("--front", type=path, help="Pareto front JSON (default: OUTPUT with .front.json)")
+    se.add_argument("--plot", type=path, help="Pareto front plot (.png)")
+    se.add_argument("--seed", type=seed, default=0, help="seed of the split and fine-tuning (0)")
     se.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     se.add_argument("--epochs", type=int, default=5,
                     help="threshold fine-tuning epochs per candidate (default 5; 0: none)")

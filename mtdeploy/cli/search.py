@@ -16,6 +16,7 @@ import numpy as np
 
 from mtdeploy.api import load_model
 from mtdeploy.errors import InputError
+from mtdeploy.frontends import TORCH_SUFFIXES, stored_input_shape
 from mtdeploy.io import atomic_paths, check_output_files, load_samples, write_json
 from mtdeploy.search import SearchResult, SearchSettings, parse_budget, search, split_calibration
 from mtdeploy.search.front import front_table, plot_front
@@ -29,8 +30,11 @@ def run(a) -> int:
     front = a.front or output.with_suffix(".front.json")
     outputs = [output, front] + ([a.plot] if a.plot else [])
     check_output_files(outputs, protect=[a.model, a.data] + ([a.val] if a.val else []))
-    graph = load_model(a.model, a.input_shape, a.trust_pickle)
     calib_x, calib_y, val_x, val_y = _data(a)
+    graph = load_model(a.model, _input_shape(a, calib_x), a.trust_pickle)
+    if graph.meta.get("converted"):
+        raise InputError(f"{a.model}: already converted to a spiking network (a .net or build "
+                         "file) and has no QCFS levels left to search; search the PyTorch model")
     settings = SearchSettings(budget=budget, seed=a.seed, device=a.device, finetune_epochs=a.epochs,
                               finetune_weights=a.finetune_weights, target=a.target,
                               threads=a.threads,
@@ -56,6 +60,16 @@ def _model_path(output: str) -> Path:
         raise InputError(f"-o {path}: the searched model is written as TorchScript; give a "
                          ".pt path")
     return path
+
+
+def _input_shape(a, x: np.ndarray):
+    """``--input-shape``, else the shape the model file records, else one sample of the data
+    (a PyTorch file that records none: the data says what the model takes)."""
+    path = Path(a.model)
+    if a.input_shape is not None or path.suffix.lower() not in TORCH_SUFFIXES \
+            or not path.is_file() or stored_input_shape(path) is not None:
+        return a.input_shape
+    return tuple(x.shape[1:])
 
 
 def _data(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

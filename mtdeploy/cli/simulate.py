@@ -12,7 +12,7 @@ from mtdeploy.io import load_samples, save_npy
 def run(a) -> int:
     x, y = load_samples(a.input)
     out, result = simulate_build(a.build, x, backend=a.backend, fixed_point=a.fixed_point,
-                                 seed=a.seed, progress=sys.stderr.isatty())
+                                 seed=a.seed, progress=sys.stderr.isatty(), labels=y)
     mode = "fixed-point" if a.fixed_point else "float"
     print(f"simulated {len(x)} samples ({a.backend}, {mode})")
     if result is not None:

@@ -40,13 +40,16 @@ def load_model_graph(path, input_shape=None, trust_pickle: bool = False) -> Grap
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
-        if input_shape is None and path.is_file():   # a missing file: load_torch_model says so
+        # Loaded first, so that a missing, truncated or corrupt file says so rather than
+        # asking for an input shape it could never use.
+        model = load_torch_model(path, trust_pickle)
+        if input_shape is None:
             input_shape = stored_input_shape(path)
             if input_shape is None:
                 raise InputError(f"{path}: a PyTorch model needs --input-shape (one sample "
                                  "without the batch axis, e.g. 1,28,28); models saved with "
                                  "mtdeploy.nn.save_traced record it")
-        graph = import_torch(load_torch_model(path, trust_pickle), input_shape)
+        graph = import_torch(model, input_shape)
     elif suffix == ".mtir":
         if not path.is_file():
             raise InputError(f"{path}: no such file")

@@ -24,14 +24,17 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
 from mtdeploy.ir.snn import is_readout
+from mtdeploy.sim.ann import ann_forward
 from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
                                                 form_for_neuron, form_for_part)
 from mtdeploy.targets.loihi2.netx.plan import plan_netx
 from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, NON_SPIKING_VTH, extension_json,
-                                                 read_netx_layers, scalar_int,
+                                                 extension_text, read_netx_layers, scalar_int,
                                                  stock_dense_weights, validate_netx_layers,
                                                  yx_pair)
-from mtdeploy.targets.loihi2.netx.writer import EXTENSION_FORMAT, EXTENSION_VERSION
+from mtdeploy.targets.loihi2.netx.writer import (EXTENSION_FORMAT, EXTENSION_VERSION,
+                                                 extension_digest)
+from mtdeploy.validate import graph_values
 
 DEFAULT_STEPS = 16
 # What netx builds for a dense layer without a neuron group (hdf5.Network.create_dense).
@@ -77,28 +80,24 @@ def stock_run_settings(path) -> dict:
 
 # ---- the exact graph ----------------------------------------------------------------------
 def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
-    """The exact MT-SNN the extension holds, refused if the stock layers no longer match it."""
-    fmt = ext.get("format")
-    if fmt != EXTENSION_FORMAT:
-        raise InputError(f"{path}: /mtdeploy/format is {fmt!r}, not {EXTENSION_FORMAT!r}")
-    try:
-        version = int(np.asarray(ext.get("version")).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError):
-        raise InputError(f"{path}: /mtdeploy/version is missing or not an integer") from None
-    if version > EXTENSION_VERSION:
-        raise InputError(f"{path}: mtdeploy extension version {version} is newer than this "
-                         f"mtdeploy reads ({EXTENSION_VERSION}); upgrade mtdeploy")
-    doc = extension_json(ext, "graph", path)
-    params = ext.get("params", {})
-    if not isinstance(params, dict):
-        raise InputError(f"{path}: the mtdeploy extension's params are corrupt")
+    """The exact MT-SNN the extension holds, refused if the extension was edited (its digest),
+    if a number in it is unusable, or if the stock layers no longer match it."""
+    params = _extension_params(path, ext)
+    stock = extension_json(ext, "stock", path)
 
     def params_of(i: int, nd: dict) -> dict:
         stored = params.get(str(i), {})
         return {p: np.asarray(stored[p]) for p in nd["params"]}
 
-    g = graph_from_json(doc, params_of, f"{path}: /mtdeploy/graph")
-    stock = extension_json(ext, "stock", path) if "stock" in ext else {}
+    g = graph_from_json(extension_json(ext, "graph", path), params_of, f"{path}: /mtdeploy/graph")
+    # after the structure (whose errors are more specific), before any value is used
+    texts = [extension_text(ext, key, path) for key in ("graph", "stock")]
+    if ext.get("digest") != extension_digest(*texts, params):
+        raise InputError(f"{path}: the mtdeploy extension fails its integrity check (the SHA-256 "
+                         "of its graph, stock record and parameters does not match "
+                         "/mtdeploy/digest): the file was edited or damaged after writing")
+    graph_values(g, str(path))
+    _runs(g, path)
     if isinstance(stock, dict) and stock.get("loadable") is False:
         if layers:
             raise InputError(f"{path}: stock layers were added to a file whose network has no "
@@ -115,6 +114,40 @@ def _graph_from_extension(path, layers: list[dict], ext: dict) -> Graph:
                          f"produces ({mismatch}); the file was edited after writing. Read the "
                          "stock layers with read_netx(path, use_extension=False)")
     return g
+
+
+def _runs(g: Graph, path) -> None:
+    """One all-zero sample through the graph's float form: a parameter whose shape does not
+    fit its layer (in a file whose digest was recomputed after an edit) fails here, as an
+    InputError, not inside a simulator."""
+    try:
+        ann_forward(g, np.zeros((1, *g.input.shape)))
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: the mtdeploy extension's network does not compute "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _extension_params(path, ext: dict) -> dict:
+    """The params (by node index) of an extension whose format and version check out."""
+    fmt = ext.get("format")
+    if fmt != EXTENSION_FORMAT:
+        raise InputError(f"{path}: /mtdeploy/format is {fmt!r}, not {EXTENSION_FORMAT!r}")
+    try:
+        version = int(np.asarray(ext.get("version")).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise InputError(f"{path}: /mtdeploy/version is missing or not an integer") from None
+    if version > EXTENSION_VERSION:
+        raise InputError(f"{path}: mtdeploy extension version {version} is newer than this "
+                         f"mtdeploy reads ({EXTENSION_VERSION}); upgrade mtdeploy")
+    if version < EXTENSION_VERSION:
+        raise InputError(f"{path}: mtdeploy extension version {version} has no integrity digest "
+                         "(written by an older mtdeploy); compile the model again")
+    params = ext.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise InputError(f"{path}: the mtdeploy extension's params are corrupt")
+    return params
 
 
 def _first_difference(expected: list[dict], actual: list[dict]) -> str | None:
@@ -136,7 +169,7 @@ def _dict_difference(e: dict, a) -> str | None:
             if sub:
                 return f"{k}/{sub}"
         elif isinstance(e[k], str):
-            if e[k] != a[k]:
+            if not (isinstance(a[k], str) and e[k] == a[k]):
                 return f"{k}={a[k]!r}, expected {e[k]!r}"
         elif not np.array_equal(np.asarray(e[k]), np.asarray(a[k])):
             return f"{k} differs"

@@ -28,6 +28,7 @@ from mtdeploy.errors import InputError, UnsupportedOpsError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import KINDS, kind_for_module, kind_of
 from mtdeploy.targets.profiles import bundled_names, load_profile
+from mtdeploy.validate import finite_params
 
 __all__ = ["GraphBuilder", "Ref", "Special", "DirectParameter", "IDENTITY_MODULES"]
 
@@ -160,6 +161,9 @@ class GraphBuilder:
             attrs, params = kind.from_torch(module)
         except InputError as exc:
             return self.unsupported(path, op, str(exc))
+        # Before anything computes with them: a NaN weight would otherwise fail the TorchScript
+        # rebuild check as if the layer's type were unsupported.
+        finite_params(f"{path or op} ({op})", params)
         if _any_poison(args):
             return Special.POISON
         if len(args) != 1 or kwargs or not isinstance(args[0], Ref):

@@ -12,6 +12,7 @@ import json
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = ["TORCHSCRIPT_HOWTO", "load_torch_model", "stored_input_shape", "parse
            "first_line"]
 
 TORCHSCRIPT_HOWTO = "torch.jit.trace(model.eval(), example_input).save(path)"
+# What reading a damaged zip can raise (a bad header, an unknown compression, bad deflate data)
+ZIP_ERRORS = (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, zlib.error, EOFError)
 
 
 def load_torch_model(path, trust_pickle: bool = False) -> nn.Module:
@@ -70,7 +73,7 @@ def stored_input_shape(path) -> tuple[int, ...] | None:
             if not names:
                 return None
             meta = json.loads(zf.read(names[0]))
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except ZIP_ERRORS:
         return None
     shape = meta.get("input_shape") if isinstance(meta, dict) else None
     if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
@@ -85,7 +88,7 @@ def _is_torchscript_archive(path: Path) -> bool:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:
         return False
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
@@ -65,5 +66,6 @@ def read_zip(source, where: str) -> Graph:
                                    allow_pickle=False) for p in nd["params"]}
 
             return graph_from_json(doc, params_of, where)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError,
+            NotImplementedError, RecursionError, MemoryError) as exc:   # damaged bytes
         raise InputError(f"{where}: corrupt or unreadable IR file ({exc})") from None

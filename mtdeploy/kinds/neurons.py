@@ -18,6 +18,7 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.kind import NodeKind, register
 from mtdeploy.kinds import rng
 from mtdeploy.nn import QCFS
+from mtdeploy.validate import integer, real
 
 STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1    # the 24-bit membrane of semantics §3
 
@@ -132,11 +133,14 @@ class QCFSKind(NodeKind):
     description = "QCFS activation; becomes a population of spiking neurons with T = levels"
 
     def from_torch(self, m):
-        return {"levels": int(m.levels)}, {"threshold": np.asarray(float(m.threshold), np.float32)}
+        levels, threshold = _checked_qcfs(m.levels, m.threshold)
+        return {"levels": levels}, {"threshold": np.asarray(threshold, np.float32)}
 
     def from_script(self, sm):
-        threshold = float(sm.threshold)
-        levels = int(sm.levels) if hasattr(sm, "levels") else _probe_qcfs_levels(sm, threshold)
+        levels = sm.levels if hasattr(sm, "levels") else None
+        levels, threshold = _checked_qcfs(levels, sm.threshold)
+        if levels is None:
+            levels = _probe_qcfs_levels(sm, threshold)
         eager = QCFS(levels, threshold)
         eager.load_state_dict(sm.state_dict())
         return eager.eval()
@@ -163,16 +167,42 @@ class QCFSKind(NodeKind):
         return neuron_of(node).window_factor * int(node.T)
 
 
+def _checked_qcfs(levels, threshold) -> tuple[int | None, float]:
+    """(levels, threshold) of a QCFS module, refused unless levels is an integer >= 1 and the
+    threshold a finite number > 0 (a pickled module can hold anything; int() would truncate
+    2.5 levels to 2 and a zero threshold divides by zero in quantization)."""
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.item() if threshold.numel() == 1 else threshold.tolist()
+    threshold = real("QCFS threshold", threshold, 0.0, lo_open=True)
+    if levels is not None:
+        levels = integer("QCFS levels", levels, 1)
+    return levels, threshold
+
+
+MAX_LEVELS = 4096   # T = levels steps; a traced QCFS's levels are probed up to this many
+
+
 def _probe_qcfs_levels(sm, threshold: float) -> int:
     """A traced QCFS keeps ``levels`` only as a baked constant; count its output steps instead.
 
     The output takes the values k*threshold/levels, k = 0..levels; a grid finer than any step
-    between -0.25 and 1.25 thresholds visits all of them (levels up to ~10^4).
+    between -0.25 and 1.25 thresholds visits all of them for levels up to ~10^4. The count is
+    then checked against that ladder, so a QCFS with more levels than the grid resolves (or
+    with non-integer levels) is refused rather than read as a smaller T.
     """
-    grid = torch.linspace(-0.25, 1.25, 2 ** 14 + 1) * threshold
+    grid = torch.linspace(-0.25, 1.25, 2 ** 14 + 1, dtype=torch.float64) * threshold
     with torch.no_grad():
-        out = sm._c._get_method("forward")(grid.view(1, -1, 1, 1))
-    return max(1, int(torch.unique(out).numel()) - 1)
+        out = sm._c._get_method("forward")(grid.to(torch.float32).view(1, -1, 1, 1))
+    values = torch.unique(out).to(torch.float64)
+    levels = int(values.numel()) - 1
+    ladder = torch.arange(levels + 1, dtype=torch.float64) * (threshold / max(levels, 1))
+    if not 1 <= levels <= MAX_LEVELS or not torch.allclose(values, ladder, rtol=1e-4,
+                                                             atol=1e-6 * threshold):
+        raise InputError(f"cannot read the levels of a traced QCFS: its outputs are not k * "
+                         f"threshold / L for one integer L in [1, {MAX_LEVELS}] (non-integer "
+                         "levels, or more levels than the probe resolves; torch.jit.script keeps "
+                         "the levels exactly)")
+    return levels
 
 
 @register

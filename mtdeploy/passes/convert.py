@@ -17,6 +17,9 @@ from mtdeploy.ir.snn import (incoming_edges, is_population, is_readout, is_sourc
 from mtdeploy.kinds.align import METHODS as ALIGN_METHODS
 from mtdeploy.kinds.neurons import NEURONS
 from mtdeploy.passes.fold_bn import fold_batchnorm
+from mtdeploy.validate import SEED_MAX, finite_params, integer, real
+
+INPUT_MAX_RANGE = (1e-12, 1e12)   # |x| whose 8-bit scale 2^input_exp stays a normal float
 
 
 @dataclass
@@ -27,6 +30,15 @@ class ConvertOptions:
     v_init: float = 0.5            # initial membrane potential as a fraction of the threshold
     seed: int = 0                  # TPP's Bernoulli stream
     input_max: float | None = None  # |x| that maps to the top of the input's integer range
+
+    def checked(self) -> "ConvertOptions":
+        """These options with every number validated (InputError naming the option), so a NaN
+        or an out-of-range value stops here rather than as a math error in quantize."""
+        input_max = None if self.input_max is None else real("input_max", self.input_max,
+                                                             *INPUT_MAX_RANGE)
+        return ConvertOptions(self.timesteps, self.alignment, self.neuron,
+                              real("v_init", self.v_init, 0.0, 1.0),
+                              integer("seed", self.seed, 0, SEED_MAX), input_max)
 
 
 def _check_timesteps(spec, known: list[str]) -> None:
@@ -66,7 +78,9 @@ def timesteps_of(node: Node, timesteps=None) -> int:
     (the QCFS mapping: L quantization levels are exactly T steps of IF neurons)."""
     if isinstance(timesteps, int):
         return timesteps
-    return int((timesteps or {}).get(node.name, node.attrs["levels"]))
+    if node.name in (timesteps or {}):
+        return int(timesteps[node.name])
+    return integer(f"{node.label()}: levels", node.attrs.get("levels"), 1)
 
 
 def assign_timesteps(graph: Graph, timesteps=None, neuron: str = "if", v_init: float = 0.5) -> Graph:
@@ -205,8 +219,10 @@ def check_projection_trees(graph: Graph) -> None:
 
 def convert(graph: Graph, options: ConvertOptions | None = None) -> Graph:
     """Imported (BN-folded) IR -> converted MT-SNN IR. Returns a new graph."""
-    options = options or ConvertOptions()
+    options = (options or ConvertOptions()).checked()
     g = graph.copy()
+    for node in g:
+        finite_params(node.label(), node.params)
     if not spiking_populations(g):
         raise InputError("the model has no QCFS activation: mark each activation layer with "
                          "mtdeploy.nn.QCFS(levels, threshold)")

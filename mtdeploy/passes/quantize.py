@@ -17,9 +17,11 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
+from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
 THRESHOLD_MAX = 2 ** 20   # leaves headroom in the 24-bit membrane for T * current
+BITS_RANGE = (2, 16)      # weight and input bits: 1 bit has no magnitude, >16 no hardware
 
 
 def _paths(graph: Graph, pop: Node):
@@ -41,6 +43,8 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8) -> Graph:
     """Add integer parameters to a converted graph (in place; returns it)."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
+    weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
+    input_bits = integer("input_bits", input_bits, *BITS_RANGE)
     wmax = 2 ** (weight_bits - 1) - 1
     input_max = float(graph.meta.get("input_max", 1.0))
     graph.meta["input_exp"] = int(math.floor(math.log2((2 ** (input_bits - 1) - 1) / input_max)))
@@ -87,7 +91,9 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) 
     peak = (min(finest) if joined else max(finest)) if finest else 0.0
     exp = int(math.floor(math.log2(wmax / peak))) if peak > 0 else 0
     if "threshold" in pop.params:
-        exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / float(pop.params["threshold"])))))
+        threshold = real(f"{pop.label()}: threshold", float(pop.params["threshold"]), 0.0,
+                         lo_open=True)
+        exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / threshold))))
     unit = 2.0 ** -exp
     for node, s_in, post in weighted.values():
         mantissa, shift = _mantissa(node.params["weight"].astype(np.float64) * (s_in * post / unit),

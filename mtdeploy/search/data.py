@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from mtdeploy.errors import InputError
+from mtdeploy.io import check_samples
 from mtdeploy.ir.graph import Graph
 
 
@@ -39,22 +40,7 @@ def split_calibration(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: i
 def as_tensors(graph: Graph, x, y, what: str, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` as float32/int64 tensors on ``device``, after checking that ``x`` fits the
     model's input and ``y`` holds one class label per sample within its outputs."""
-    x = np.asarray(x)
-    y = np.asarray(y)
-    want = tuple(graph.input.shape)
-    if x.ndim < 1 or tuple(x.shape[1:]) != want:
-        raise InputError(f"{what}: x has shape {tuple(x.shape)}; the model takes (N, "
-                         f"{', '.join(map(str, want))})")
-    if len(x) == 0:
-        raise InputError(f"{what}: no samples")
-    if y.shape != (len(x),):
-        raise InputError(f"{what}: y must hold one integer label per sample, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise InputError(f"{what}: y must hold integer class labels")
-    classes = int(np.prod(graph[graph.output].shape))
-    if y.min() < 0 or y.max() >= classes:
-        raise InputError(f"{what}: labels must lie in [0, {classes - 1}] (the model has "
-                         f"{classes} outputs), found {int(y.min())}..{int(y.max())}")
+    x, y = check_samples(x, y, input_shape=tuple(graph.input.shape),
+                         classes=int(np.prod(graph[graph.output].shape)), what=what)
     return (torch.as_tensor(x, dtype=torch.float32, device=device),
-            torch.as_tensor(y.astype(np.int64), device=device))
+            torch.as_tensor(y, device=device))

@@ -9,6 +9,7 @@ keys; the validator names the file and the dotted key in every error.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,15 @@ from mtdeploy.errors import InputError
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
 
 
+# Inclusive upper bounds: far beyond any chip, yet small enough that no count, product or
+# per-core loop of the budget model, partitioner or energy estimate overflows or runs away.
+COUNT_MAX = 2 ** 24        # chips, cores, delays, hop steps
+SIZE_MAX = 2 ** 40         # neurons, bytes and axons per core
+BITS_MAX = 64              # register widths
+FIGURE_MAX = 1e12          # pJ, ns, W
+HOP_MAX = 1024             # steps per synapse hop: every window and period scales with it
+
+
 @dataclass(frozen=True)
 class Key:
     path: str          # dotted key in the YAML
@@ -28,13 +38,23 @@ class Key:
     type: type         # int, float or bool
     minimum: float | None = 1   # inclusive lower bound (None: booleans)
     required: bool = True
+    maximum: float | None = None   # inclusive upper bound (None: by type, see value_range)
+
+    def value_range(self) -> tuple[float, float]:
+        """[minimum, maximum]: bit widths up to BITS_MAX, counts up to COUNT_MAX, sizes up to
+        SIZE_MAX, energies and times up to FIGURE_MAX."""
+        if self.maximum is not None:
+            return self.minimum, self.maximum
+        if self.type is float:
+            return self.minimum, FIGURE_MAX
+        return self.minimum, BITS_MAX if self.attr.endswith("_bits") else SIZE_MAX
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("system.chips", "chips", int),
+    Key("system.chips", "chips", int, maximum=COUNT_MAX),
     Key("system.max_power_w", "max_power_w", float, 0, required=False),
-    Key("chip.cores", "cores_per_chip", int),
-    Key("chip.x86_cores", "x86_cores", int, 0, required=False),
+    Key("chip.cores", "cores_per_chip", int, maximum=COUNT_MAX),
+    Key("chip.x86_cores", "x86_cores", int, 0, required=False, maximum=COUNT_MAX),
     Key("core.neurons", "neurons_per_core", int),
     Key("core.synaptic_memory_bytes", "synaptic_memory_bytes", int),
     Key("core.state_memory_bytes", "state_memory_bytes", int),
@@ -43,7 +63,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("synapse.max_weight_bits", "max_weight_bits", int),
     Key("synapse.shared_weights", "shared_weights", bool, None),
     Key("synapse.sparse_index_bits", "sparse_index_bits", int),
-    Key("synapse.max_delay", "max_delay", int, 0),
+    Key("synapse.max_delay", "max_delay", int, 0, maximum=COUNT_MAX),
     Key("neuron.state_bits", "state_bits", int),
     Key("neuron.neuron_state_bits", "neuron_state_bits", int),
     Key("neuron.accumulator_bits", "accumulator_bits", int),
@@ -56,9 +76,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("timing.neuron_update_ns", "neuron_update_ns", float, 0),
     Key("timing.barrier_ns", "barrier_ns", float, 0),
     Key("timing.interchip_latency_ns", "interchip_latency_ns", float, 0),
-    Key("timing.hop_steps", "hop_steps", int, 0),
+    Key("timing.hop_steps", "hop_steps", int, 0, maximum=HOP_MAX),
 )
 _LEAF_KEYS = {"value", "source", "assumption", "note", "proxy"}
+_LEAF_TYPES = {"source": str, "proxy": str, "assumption": bool, "note": str}
 _TOP_KEYS = {"name", "title", "extends", "sources", "published"} | {k.path.split(".")[0] for k in SCHEMA}
 
 
@@ -145,10 +166,12 @@ def bundled_names() -> list[str]:
 
 def _read(path: Path) -> dict:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"{path}: cannot read the profile ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text (UTF-8) file; a profile is YAML") from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise InputError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(doc, dict):
         raise InputError(f"{path}: a profile is a YAML mapping, got {type(doc).__name__}")
@@ -165,17 +188,31 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _parent(path: Path, parent) -> Path:
+    """The file ``extends: parent`` names: a bundled profile, or a YAML file beside ``path``.
+    Nothing else: a profile must not make mtdeploy read files from elsewhere."""
+    if isinstance(parent, str):
+        bundled = _bundled(parent)
+        if bundled is not None:
+            return bundled
+        sibling = path.parent / parent
+        if Path(parent).name == parent and parent.endswith((".yaml", ".yml")) \
+                and sibling.is_file():
+            return sibling
+    raise InputError(f"{path}: extends: {parent!r} is not a bundled profile "
+                     f"(known: {', '.join(bundled_names())}) nor a .yaml file in the same folder")
+
+
 def _resolve(path: Path, seen: tuple[str, ...] = ()) -> dict:
     doc = _read(path)
     parent = doc.get("extends")
     if parent is None:
         return doc
-    if not isinstance(parent, str) or _bundled(parent) is None:
-        raise InputError(f"{path}: extends: {parent!r} is not a bundled profile "
-                         f"(known: {', '.join(bundled_names())})")
-    if parent in seen:
-        raise InputError(f"{path}: extends: circular chain {' -> '.join(seen + (parent,))}")
-    base = _resolve(_bundled(parent), seen + (parent,))
+    parent_path = _parent(path, parent)
+    if str(parent_path.resolve()) in seen:
+        raise InputError(f"{path}: extends: circular chain "
+                         f"{' -> '.join(Path(p).name for p in seen)} -> {parent}")
+    base = _resolve(parent_path, seen + (str(parent_path.resolve()),))
     base.pop("name", None)
     base.pop("title", None)
     base.pop("published", None)     # headline totals belong to one system, never inherited
@@ -188,8 +225,13 @@ def _check_leaf(where: str, dotted: str, leaf: Any, sources: dict) -> None:
                          f"(or 'assumption: true' and 'note'), got {leaf!r}")
     unknown = set(leaf) - _LEAF_KEYS
     if unknown:
-        raise InputError(f"{where}: {dotted}: unknown field(s) {sorted(unknown)}; "
+        raise InputError(f"{where}: {dotted}: unknown field(s) {sorted(map(str, unknown))}; "
                          f"allowed: {sorted(_LEAF_KEYS)}")
+    for field_name, kind in _LEAF_TYPES.items():
+        if field_name in leaf and not isinstance(leaf[field_name], kind):
+            raise InputError(f"{where}: {dotted}: {field_name} must be "
+                             f"{'true or false' if kind is bool else 'a string'}, "
+                             f"got {leaf[field_name]!r}")
     if leaf.get("assumption"):
         if not str(leaf.get("note", "")).strip():
             raise InputError(f"{where}: {dotted}: an assumption needs a 'note' with its reasoning")
@@ -207,7 +249,7 @@ def validate_profile(doc: dict, where: str) -> dict[str, Any]:
     ``where`` (the file) and the dotted key."""
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise InputError(f"{where}: unknown top-level key(s) {sorted(unknown)}; "
+        raise InputError(f"{where}: unknown top-level key(s) {sorted(map(str, unknown))}; "
                          f"allowed: {sorted(_TOP_KEYS)}")
     for key in ("name", "title"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
@@ -222,7 +264,7 @@ def validate_profile(doc: dict, where: str) -> dict[str, Any]:
         known = {k.path.split(".")[1] for k in SCHEMA if k.path.startswith(section + ".")}
         extra = set(body) - known
         if extra:
-            raise InputError(f"{where}: {section}: unknown key(s) {sorted(extra)}; "
+            raise InputError(f"{where}: {section}: unknown key(s) {sorted(map(str, extra))}; "
                              f"allowed: {sorted(known)}")
     values: dict[str, Any] = {}
     for key in SCHEMA:
@@ -238,22 +280,34 @@ def validate_profile(doc: dict, where: str) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InputError(f"{where}: {key.path}: expected true or false, got {value!r}")
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if key.type is int and ok and float(value) != int(value):
-                ok = False
-            if not ok:
-                raise InputError(f"{where}: {key.path}: expected "
-                                 f"{'an integer' if key.type is int else 'a number'}, got {value!r}")
-            value = key.type(value)
-            if value < key.minimum:
-                raise InputError(f"{where}: {key.path}: must be >= {key.minimum:g}, got {value}")
+            value = _number(where, key, value)
         values[key.attr] = value
     published = doc.get("published", {})
     if not isinstance(published, dict):
         raise InputError(f"{where}: published: expected a mapping")
     for name, leaf in published.items():
         _check_leaf(where, f"published.{name}", leaf, sources)
+        figure = leaf["value"]
+        if isinstance(figure, float) and not math.isfinite(figure):
+            raise InputError(f"{where}: published.{name}: must be a finite number, got {figure}")
     return values
+
+
+def _number(where: str, key: Key, value) -> int | float:
+    """A figure's value as ``key.type``, finite and within ``key.value_range()``: a NaN or
+    infinite energy would otherwise reach report.json, a huge count the partitioner."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (key.type is float or float(value) == int(value))
+    if not ok:
+        raise InputError(f"{where}: {key.path}: expected "
+                         f"{'an integer' if key.type is int else 'a finite number'}, got {value!r}")
+    value = key.type(value)
+    low, high = key.value_range()
+    if value < low:
+        raise InputError(f"{where}: {key.path}: must be >= {low:g}, got {value}")
+    if value > high:
+        raise InputError(f"{where}: {key.path}: must be <= {high:g}, got {value}")
+    return value
 
 
 def load_profile(name_or_path: str | os.PathLike | Profile) -> Profile:

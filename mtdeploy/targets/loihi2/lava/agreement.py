@@ -17,8 +17,10 @@ from mtdeploy.sim.reference import simulate
 PAIRS = (("ann", "float"), ("float", "fixed"), ("fixed", "lava"))
 
 
-def _agree(a: np.ndarray, b: np.ndarray, exact: bool) -> tuple[float, float]:
-    """(fraction of equal entries, max |a - b|)."""
+def _agree(a: np.ndarray | None, b: np.ndarray | None, exact: bool) -> tuple[float, float]:
+    """(fraction of equal entries, max |a - b|); NaN for a rung the network does not have."""
+    if a is None or b is None:
+        return float("nan"), float("nan")
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     same = a == b if exact else np.isclose(a, b, rtol=1e-9, atol=1e-12)
     return float(same.mean()) if same.size else 1.0, float(np.abs(a - b).max(initial=0.0))
@@ -44,14 +46,17 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
     lava_out, lava_counts = run_lava(graph, x, fixed_point=True, seed=seed, timeout_s=timeout_s,
                                      record_counts=True)
     rows, seen_first = [], False
+    # A network read from a stock NetX file (CUBA LIF populations, no threshold) has no ANN.
+    has_ann = all("threshold" in p.params for p in populations(graph)
+                  if not (is_source(p) or is_readout(p)))
     for pop in populations(graph):
         if is_source(pop):
             continue
         if is_readout(pop):
-            series = {"ann": ann[graph.output], "float": flt.output, "fixed": fix.output,
-                      "lava": lava_out}
+            series = {"ann": ann[graph.output] if has_ann else None, "float": flt.output,
+                      "fixed": fix.output, "lava": lava_out}
         else:
-            series = {"ann": ann[pop.name] / float(pop.params["threshold"]),
+            series = {"ann": ann[pop.name] / float(pop.params["threshold"]) if has_ann else None,
                       "float": flt.counts[pop.name] / pop.T,
                       "fixed": fix.counts[pop.name] / pop.T,
                       "lava": lava_counts[pop.name] / pop.T}
@@ -64,7 +69,7 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
         if is_readout(pop):
             row["argmax_agreement"] = {f"{a}-{b}": float(np.mean(series[a].argmax(1)
                                                                  == series[b].argmax(1)))
-                                       for a, b in PAIRS}
+                                       for a, b in PAIRS if series[a] is not None}
         row["diverges"] = [k for k, v in row["agreement"].items() if v < 1.0]
         row["first"] = bool(row["diverges"]) and not seen_first
         seen_first = seen_first or row["first"]

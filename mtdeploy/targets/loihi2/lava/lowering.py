@@ -24,7 +24,7 @@ import numpy as np
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.snn import Edge, incoming_edges, is_readout, is_source, populations
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
-from mtdeploy.targets.loihi2.lava.neurons import neuron_process
+from mtdeploy.targets.loihi2.lava.neurons import neuron_process, processes_of
 from mtdeploy.targets.loihi2.lava.procs.process import Readout, SampleSource
 from mtdeploy.targets.loihi2.lava.synapses import SynapseInfo, Wire, connect_synapses
 from mtdeploy.targets.loihi2.lava.tables import Build
@@ -102,7 +102,7 @@ def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tup
     info = LayerInfo(pop.name, pop.kind, pop.attrs.get("neuron"), int(pop.T), build.window(pop),
                      tuple(pop.shape), lava_shape(pop.shape))
     neuron = neuron_process(build, pop)
-    info.processes[type(neuron).__name__] += 1
+    info.processes.update(type(proc).__name__ for proc in processes_of(neuron))
     for key, edges in _edge_groups(build.graph, pop).items():
         info.edges.append(_lower_edge(build, pop, key, edges, out_ports, neuron, info.processes))
     return neuron, info

@@ -6,12 +6,16 @@ point the float tree's current with every producer silent (the tree's summed bia
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from lava.proc.lif.process import LIFReset
 
+from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.kinds import neuron_of
+from mtdeploy.kinds.neurons import ACT_SHIFT
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import IFNeuron, Readout, TPPNeuron
 from mtdeploy.targets.loihi2.lava.projection import tree_float_forward
@@ -26,8 +30,40 @@ NEURON_MODELS: BuilderTable[NeuronBuilder] = BuilderTable("neuron model")
 
 
 def neuron_process(build: Build, pop: Node):
-    """The Lava process of population ``pop`` (not the input: that is the sample source)."""
+    """The Lava process of population ``pop`` (not the input: that is the sample source):
+    one process with ``a_in``, ``s_out`` and, when the build records them, ``counts``, or a
+    :class:`CountedPopulation` standing for several."""
     return POPULATION_KINDS.of(pop.kind, pop)(build, pop)
+
+
+def processes_of(neuron) -> tuple:
+    """The Lava processes a :func:`neuron_process` result stands for."""
+    return neuron.processes if isinstance(neuron, CountedPopulation) else (neuron,)
+
+
+@dataclass(frozen=True)
+class CountedPopulation:
+    """A process that keeps no spike counts (Lava's own LIF), with a :class:`Readout` on its
+    spikes that sums them over the population's window: sample n's count in ``counts[n]``."""
+
+    neuron: Any
+    counter: Readout
+
+    @property
+    def a_in(self):
+        return self.neuron.a_in
+
+    @property
+    def s_out(self):
+        return self.neuron.s_out
+
+    @property
+    def counts(self):
+        return self.counter.result
+
+    @property
+    def processes(self) -> tuple:
+        return self.neuron, self.counter
 
 
 @POPULATION_KINDS.register("qcfs")
@@ -39,6 +75,41 @@ def _spiking(build: Build, pop: Node):
 def _readout(build: Build, pop: Node) -> Readout:
     return Readout(shape=lava_shape(pop.shape), bias=_bias(build, pop), window=build.window(pop),
                    period=build.period, n_samples=build.n_samples, name=_name(pop))
+
+
+@POPULATION_KINDS.register("cuba")
+def _cuba(build: Build, pop: Node):
+    """Lava's own LIF, as lava-dl netx builds a CUBA block: du = iDecay - 1 (Lava adds 1),
+    dv = vDecay, vth = vThMant, the bias as bias_mant with bias_exp = 6; the LIFReset
+    variant, reset to rest at the first step of the population's window in every sample
+    period (what the reference simulates: each window from rest).
+
+    Outside its window the LIF keeps integrating and may fire, unlike mtdeploy's own neurons;
+    that cannot reach another population's window: a stock network is a chain in which every
+    population has the same T and starts one hop after its producer, so a spike sent after
+    the producer's window arrives after the consumer's, and one sent before it (from the
+    previous sample's state) arrives before the consumer's reset. The Readout only sums its
+    own window, and counts (when recorded) come from a Readout over this population's window.
+    """
+    if not build.fixed_point:
+        raise InputError(f"{pop.label()}: a CUBA population (a NetX file's LIF neurons) runs "
+                         "on Lava in fixed point only: Lava's floating-point LIF is a different "
+                         "model (real-valued decays, no 2^6 scaling); run it with fixed_point="
+                         "True (simulate --fixed-point)")
+    a = pop.attrs
+    start, _ = build.window(pop)
+    lif = LIFReset(shape=lava_shape(pop.shape), du=int(a["iDecay"]) - 1, dv=int(a["vDecay"]),
+                   vth=int(a["vThMant"]), bias_exp=ACT_SHIFT,
+                   bias_mant=one_to_lava(np.asarray(pop.params["bias_mant"], np.int64),
+                                         pop.shape),
+                   reset_interval=build.period, reset_offset=(start + 1) % build.period,
+                   name=_name(pop))
+    if not build.record_counts:
+        return lif
+    counter = Readout(shape=lava_shape(pop.shape), bias=0, window=build.window(pop),
+                      period=build.period, n_samples=build.n_samples, name=f"{_name(pop)}:counts")
+    lif.s_out.connect(counter.a_in)
+    return CountedPopulation(lif, counter)
 
 
 @NEURON_MODELS.register("if")

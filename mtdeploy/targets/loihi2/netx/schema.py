@@ -20,6 +20,7 @@ geometry in (y, x) order, ``delay`` and a ``neuron`` dict. Findings carry a ``ru
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def scalar_int(value) -> int | None:
     if arr.size != 1 or arr.dtype.kind not in "iufb":
         return None
     v = float(arr.reshape(-1)[0])
-    return int(v) if v == int(v) else None
+    return int(v) if math.isfinite(v) and v == int(v) else None
 
 
 def _is_int_valued(arr: np.ndarray) -> bool:
@@ -259,9 +260,20 @@ def _shape(layer: dict, c: _Checker) -> tuple[int, ...] | None:
     return tuple(int(s) for s in arr)
 
 
+def _finite_numbers(name: str, arr: np.ndarray, c: _Checker) -> bool:
+    """A numeric array without NaN or infinity; else a structure finding (netx would cast
+    such values to arbitrary integers)."""
+    if arr.dtype.kind not in "iufb":
+        c.add("structure", f"'{name}' has non-numeric dtype {arr.dtype}")
+        return False
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        c.add("structure", f"'{name}' holds NaN or infinite values (non-finite {name})")
+        return False
+    return True
+
+
 def _check_weight_values(w: np.ndarray, c: _Checker) -> bool:
-    if w.dtype.kind not in "iufb":
-        c.add("structure", f"'weight' has non-numeric dtype {w.dtype}")
+    if not _finite_numbers("weight", w, c):
         return False
     if not _is_int_valued(w):
         c.add("range", "'weight' holds non-integers: netx reads it with astype(int) and truncates "
@@ -273,8 +285,7 @@ def _check_bias(layer, c: _Checker, shape, out_shape) -> np.ndarray | None:
     if "bias" not in layer:
         return None
     b = np.asarray(layer["bias"])
-    if b.dtype.kind not in "iufb":
-        c.add("structure", f"'bias' has non-numeric dtype {b.dtype}")
+    if not _finite_numbers("bias", b, c):
         return None
     if not _is_int_valued(b):
         c.add("range", "'bias' holds non-integers: netx truncates it with astype(int)")
@@ -532,8 +543,8 @@ def read_netx_layers(path) -> tuple[list[dict], dict | None]:
     return layers, ext
 
 
-def extension_json(ext: dict, key: str, path) -> Any:
-    """A JSON document stored as a string dataset in the extension group."""
+def extension_text(ext: dict, key: str, path) -> str:
+    """A string dataset of the extension group, as text."""
     raw = ext.get(key)
     if isinstance(raw, np.ndarray) and raw.shape == ():
         raw = raw.item()
@@ -541,9 +552,14 @@ def extension_json(ext: dict, key: str, path) -> Any:
         raw = raw.decode("utf-8", "replace")
     if not isinstance(raw, str):
         raise InputError(f"{path}: /mtdeploy/{key} is missing or not a string")
+    return raw
+
+
+def extension_json(ext: dict, key: str, path) -> Any:
+    """A JSON document stored as a string dataset in the extension group."""
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
+        return json.loads(extension_text(ext, key, path))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"{path}: /mtdeploy/{key} is not valid JSON ({exc})") from None
 
 

@@ -13,6 +13,7 @@ atomically, so a lab never finds a half-written or unloadable ``.net``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from mtdeploy.ir.graph import Graph
 from mtdeploy.targets.loihi2.netx.plan import checked_plan, findings_message
 
 EXTENSION_FORMAT = "mtdeploy-netx"
-EXTENSION_VERSION = 1
+EXTENSION_VERSION = 2     # 2: /mtdeploy/digest, checked on read
 # A build's network file: NetX when stock netx can load it, else mtdeploy's own name for the
 # same layout with the extension only (so a lab never points netx at a file it cannot run).
 NETX_FILE = "network.net"
@@ -86,17 +87,44 @@ def _write(graph: Graph, path: Path, checked, require_stock: bool) -> list[Findi
 
 def _put_extension(ext, graph: Graph, stock: dict) -> None:
     """``/mtdeploy``: the IR graph as JSON (``Graph.to_json``), its parameters by node index
-    (``graph_from_json`` reads them back), and the stock run record."""
+    (``graph_from_json`` reads them back), the stock run record, and the digest of all three
+    (:func:`extension_digest`)."""
     _put(ext, "format", EXTENSION_FORMAT)
     ext.create_dataset("version", data=EXTENSION_VERSION)
-    _text(ext, "graph", graph.to_json())
-    _text(ext, "stock", stock)
+    texts = {key: json.dumps(doc, default=_json_default)
+             for key, doc in (("graph", graph.to_json()), ("stock", stock))}
+    for key, text in texts.items():
+        ext.create_dataset(key, data=text, dtype=h5py.string_dtype("utf-8"))
+    arrays = {str(i): {name: np.asarray(arr) for name, arr in node.params.items()}
+              for i, node in enumerate(graph) if node.params}
     params = ext.create_group("params")
-    for i, node in enumerate(graph):
-        if node.params:
-            sub = params.create_group(str(i))
-            for name, arr in node.params.items():
-                sub.create_dataset(name, data=np.asarray(arr))
+    for i, named in arrays.items():
+        sub = params.create_group(i)
+        for name, arr in named.items():
+            sub.create_dataset(name, data=arr)
+    _put(ext, "digest", extension_digest(texts["graph"], texts["stock"], arrays))
+
+
+def extension_digest(graph_text: str, stock_text: str, params: dict) -> str:
+    """``sha256:<hex>`` of the extension's graph and stock JSON texts and of every parameter
+    (node index, name, dtype, shape and bytes, in sorted order).
+
+    The reader checks the stock layers against the graph, but most of the graph (thresholds,
+    readout exponent, T, windows, weights of populations without a stock form) has no stock
+    counterpart: an edit there would run silently as a different network. The digest makes
+    any such edit, or damage, an error on read.
+    """
+    h = hashlib.sha256()
+    for text in (graph_text, stock_text):
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little") + data)
+    for index in sorted(params, key=lambda k: (len(k), k)):
+        for name in sorted(params[index]):
+            arr = np.asarray(params[index][name])
+            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            h.update(f"{index}/{name}/{arr.dtype.str}/{arr.shape}".encode("utf-8") + b"\0")
+            h.update(arr.tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def _put(group, key: str, value) -> None:
@@ -121,7 +149,3 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _text(group, key: str, obj) -> None:
-    """A JSON document as one UTF-8 string dataset (schema.extension_json reads it)."""
-    group.create_dataset(key, data=json.dumps(obj, default=_json_default),
-                         dtype=h5py.string_dtype("utf-8"))
