@@ -111,8 +111,7 @@ def report_count(request):
             f"internal errors {TALLY['internal errors']}, tracebacks {TALLY['tracebacks']}, "
             f"destroyed files {TALLY['destroyed files']}, partial outputs "
             f"{TALLY['partial outputs']}, subprocess peak RSS {TALLY['peak rss kb'] // 1024} MiB"
-            f"; -o onto an existing input (xfail, owned by the output-safety work): "
-            f"{TALLY['-o onto an input (xfail)']} cases")
+            f"; -o onto an existing input: {TALLY['-o onto an input']} cases")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print(f"\n{line}")
@@ -604,9 +603,6 @@ OVERWRITE_CASES = {
 }
 
 
-@pytest.mark.xfail(reason="-o replacement rules (refuse or --force) are the output-safety part "
-                          "of issue 12, worked on elsewhere; today -o replaces any existing path",
-                   strict=False)
 @pytest.mark.parametrize("case", sorted(OVERWRITE_CASES))
 def test_output_onto_an_existing_input_leaves_it_alone(assets, case, tmp_path, monkeypatch):
     for name in ("model.pt", "data.npz", "x.npy", "build"):
@@ -616,7 +612,7 @@ def test_output_onto_an_existing_input_leaves_it_alone(assets, case, tmp_path, m
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = main(OVERWRITE_CASES[case])
     TALLY["cases"] += 1
-    TALLY["-o onto an input (xfail)"] += 1
+    TALLY["-o onto an input"] += 1
     assert code in (0, 2, 3)
     assert {p: d for p, d in _snapshot(tmp_path).items() if p in before} == before
 

@@ -6,10 +6,12 @@ import sys
 import numpy as np
 
 from mtdeploy.api import simulate_build
-from mtdeploy.io import load_samples, save_npy
+from mtdeploy.io import check_output_files, load_samples, save_npy
 
 
 def run(a) -> int:
+    if a.output:   # before the run: a long simulation must not end in an unusable -o
+        check_output_files([a.output], protect=[a.input, a.build])
     x, y = load_samples(a.input)
     out, result = simulate_build(a.build, x, backend=a.backend, fixed_point=a.fixed_point,
                                  seed=a.seed, progress=sys.stderr.isatty(), labels=y)
