@@ -69,11 +69,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     graph = load_model(model, input_shape, trust_pickle)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
-    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits)
-    check_timestep_range(snn, profile)
-    if not snn.meta.get("quantized"):
-        quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
-    sched = schedule(snn, hop_steps=profile.hop_steps)
+    snn, sched = deployable(graph, options, profile, weight_bits, input_bits)
     check = check_budget(snn, profile)
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
@@ -83,6 +79,18 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     if write:
         _write_build(build, force, protect)
     return build
+
+
+def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int = 8,
+               input_bits: int = 8) -> tuple[Graph, dict]:
+    """The network a build holds: converted, bounded by the profile, quantized and scheduled
+    for it, and the schedule. ``compile`` builds it, and ``check`` costs exactly it, so the two
+    report the same cores."""
+    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits)
+    check_timestep_range(snn, profile)
+    if not snn.meta.get("quantized"):
+        quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+    return snn, schedule(snn, hop_steps=profile.hop_steps)
 
 
 def as_snn(graph: Graph, options: ConvertOptions, **quantization) -> Graph:

@@ -4,21 +4,23 @@ from __future__ import annotations
 import json
 import sys
 
-from mtdeploy.api import as_snn, load_model
+from mtdeploy.api import deployable, load_model
 from mtdeploy.cli.values import timesteps
 from mtdeploy.errors import DoesNotFitError
 from mtdeploy.passes import ConvertOptions
 from mtdeploy.targets.checker import check
+from mtdeploy.targets.profiles import load_profile
 
 
 def run(a) -> int:
-    # as compile does: a .net file's network is already converted, so it is checked as it is
-    graph = as_snn(load_model(a.model, a.input_shape, a.trust_pickle),
-                   ConvertOptions(timesteps=timesteps(a.timesteps)))
-    return run_check(graph, a.target, a.json, sys.stdout)
+    # The network compile would build (a .net file's as it is), so both count the same cores.
+    profile = load_profile(a.target)
+    graph, _ = deployable(load_model(a.model, a.input_shape, a.trust_pickle),
+                          ConvertOptions(timesteps=timesteps(a.timesteps)), profile)
+    return run_check(graph, profile, a.json, sys.stdout)
 
 
-def run_check(graph, target: str, json_output: bool, stream) -> int:
+def run_check(graph, target, json_output: bool, stream) -> int:
     """Print the budget report of ``graph`` on ``target`` (Markdown, or JSON); 0 fits, 3 not."""
     report = check(graph, target)
     stream.write((json.dumps(report.to_json(), indent=1) if json_output else report.to_markdown())
