@@ -19,14 +19,13 @@ import shutil
 import stat
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from mtdeploy.errors import InputError, MtdeployError
-from mtdeploy.ir.serialize import read_zip, write_zip
+from mtdeploy.ir.serialize import DAMAGED_FILE_ERRORS, read_zip, write_zip
 
 BUILD_MARKER = ".mtdeploy-build"   # in every build directory: {"files": [what atomic_dir wrote]}
 _PENDING: dict[str, object] = {}   # temp file or build directory being written -> its target
@@ -347,18 +346,18 @@ def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None
         _check_array_sizes(path)
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
-            return check_samples(data, what=str(path))
-        with data:
-            if "x" not in data.files:
-                raise InputError(f"{path}: an .npz input needs an array 'x' (and 'y' for "
-                                 f"accuracy); found {data.files}")
-            x = data["x"]
-            y = data["y"] if "y" in data.files else None
+            x, y = data, None
+        else:
+            with data:
+                if "x" not in data.files:
+                    raise InputError(f"{path}: an .npz input needs an array 'x' (and 'y' for "
+                                     f"accuracy); found {data.files}")
+                x = data["x"]
+                y = data["y"] if "y" in data.files else None
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError) as exc:
-        # (object arrays, a truncated array or member, a damaged zip)
+    except DAMAGED_FILE_ERRORS as exc:
+        # (object arrays, a truncated array or member, a damaged zip or header)
         raise InputError(f"{path}: not a readable .npy/.npz file ({exc})") from None
     except MemoryError:
         raise InputError(f"{path}: its arrays do not fit in memory") from None
@@ -388,8 +387,8 @@ def _check_npy_header(fh, size: int, where: str) -> None:
         if read is None:
             return                      # np.load says what is wrong with it
         shape, _, dtype = read(fh)
-    except ValueError:
-        return
+    except DAMAGED_FILE_ERRORS:
+        return                          # np.load says what is wrong with it
     need = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if not dtype.hasobject and need > size - fh.tell():
         raise InputError(f"{where}: truncated: its header promises {need:,} bytes of data, the "

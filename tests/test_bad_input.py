@@ -10,7 +10,11 @@ and print no traceback.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -445,3 +449,37 @@ def test_found_cli_cases(capsys, files, tmp_path):
     assert_input_error(run(capsys, "check", files / "model.pt", "--target", profile),
                        "system.chips: source must be a string")
     assert not (tmp_path / "b").exists()
+
+
+SWEEP = """
+import sys, zipfile
+from mtdeploy.errors import InputError
+from mtdeploy.frontends import load_model_graph
+src, out = sys.argv[1], sys.argv[2]
+raw = open(src, "rb").read()
+with zipfile.ZipFile(src) as zf:
+    info = next(i for i in zf.infolist() if i.filename.endswith("data.pkl"))
+head = raw[info.header_offset:info.header_offset + 30]        # the local file header
+start = info.header_offset + 30 + int.from_bytes(head[26:28], "little") \
+    + int.from_bytes(head[28:30], "little")
+for at in range(start, start + info.compress_size, 7):
+    with open(out, "wb") as fh:
+        fh.write(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
+    try:
+        load_model_graph(out)
+        print("accepted", at)
+    except InputError as exc:
+        assert "CRC" in str(exc), exc
+print("done")
+"""
+
+
+def test_a_damaged_tensor_record_is_refused_not_a_crash(files, tmp_path):
+    """torch reads archive members without their CRCs, and one changed byte in a TorchScript
+    file's data.pkl crashed the process (a segfault) before the CRC check: swept in a child
+    process, so that a regression fails this test rather than killing the run."""
+    res = subprocess.run([sys.executable, "-c", SWEEP, str(files / "model.pt"),
+                          str(tmp_path / "damaged.pt")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith("done") and "accepted" not in res.stdout

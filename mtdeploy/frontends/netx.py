@@ -162,7 +162,7 @@ def _first_difference(expected: list[dict], actual: list[dict]) -> str | None:
 
 def _dict_difference(e: dict, a) -> str | None:
     if not isinstance(a, dict) or set(e) != set(a):
-        return f"keys {sorted(a) if isinstance(a, dict) else a} != {sorted(e)}"
+        return f"keys {sorted(map(str, a)) if isinstance(a, dict) else a} != {sorted(e)}"
     for k in e:
         if isinstance(e[k], dict):
             sub = _dict_difference(e[k], a[k])

@@ -12,7 +12,6 @@ import json
 import pickle
 import re
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ import torch
 from torch import nn
 
 from mtdeploy.errors import InputError
+from mtdeploy.ir.serialize import DAMAGED_FILE_ERRORS
 from mtdeploy.nn import MODEL_META_FILE
 
 __all__ = ["TORCHSCRIPT_HOWTO", "load_torch_model", "stored_input_shape", "parse_input_shape",
            "first_line"]
 
 TORCHSCRIPT_HOWTO = "torch.jit.trace(model.eval(), example_input).save(path)"
-# What reading a damaged zip can raise (a bad header, an unknown compression, bad deflate data)
-ZIP_ERRORS = (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, zlib.error, EOFError)
 
 
 def load_torch_model(path, trust_pickle: bool = False) -> nn.Module:
@@ -41,6 +39,7 @@ def load_torch_model(path, trust_pickle: bool = False) -> nn.Module:
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    _check_zip_integrity(path)
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
@@ -63,6 +62,24 @@ def load_torch_model(path, trust_pickle: bool = False) -> nn.Module:
     raise InputError(_no_architecture_message(path, obj))
 
 
+def _check_zip_integrity(path: Path) -> None:
+    """Refuse a zip archive (TorchScript or ``torch.save``) with a member that fails its CRC.
+
+    torch reads archive members without checking their CRCs, and a damaged tensor record can
+    then crash the whole process (seen: a segfault reading a Linear's weight from a file with
+    one byte changed); checking every member's CRC first makes random damage an error.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except DAMAGED_FILE_ERRORS as exc:
+        raise InputError(f"{path}: corrupt zip archive ({first_line(exc)})") from None
+    if bad is not None:
+        raise InputError(f"{path}: corrupt: the archive member {bad} fails its CRC check")
+
+
 def stored_input_shape(path) -> tuple[int, ...] | None:
     """The input shape recorded by :func:`mtdeploy.nn.save_traced` in a TorchScript archive's
     ``mtdeploy.json``, or None (another file, or a model saved some other way). Read straight
@@ -73,7 +90,7 @@ def stored_input_shape(path) -> tuple[int, ...] | None:
             if not names:
                 return None
             meta = json.loads(zf.read(names[0]))
-    except ZIP_ERRORS:
+    except DAMAGED_FILE_ERRORS:
         return None
     shape = meta.get("input_shape") if isinstance(meta, dict) else None
     if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
@@ -88,7 +105,7 @@ def _is_torchscript_archive(path: Path) -> bool:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
-    except ZIP_ERRORS:
+    except DAMAGED_FILE_ERRORS:
         return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import tokenize
 import zipfile
 import zlib
 from typing import BinaryIO, Callable, Mapping
@@ -17,6 +18,13 @@ import numpy as np
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import IR_FORMAT, IR_VERSION, Graph, Node
+
+# What reading damaged zip or .npy bytes raises: a bad zip, bad deflate data, an unknown
+# compression, a short member, and the errors of numpy's .npy header parser (it tokenizes and
+# evaluates the header's Python literal).
+DAMAGED_FILE_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError,
+                       KeyError, ValueError, TypeError, SyntaxError, tokenize.TokenError,
+                       RecursionError, RuntimeError)   # (RuntimeError: an "encrypted" member)
 
 
 def graph_from_json(doc: Mapping, params_of: Callable[[int, dict], dict[str, np.ndarray]],
@@ -66,6 +74,5 @@ def read_zip(source, where: str) -> Graph:
                                    allow_pickle=False) for p in nd["params"]}
 
             return graph_from_json(doc, params_of, where)
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError,
-            NotImplementedError, RecursionError, MemoryError) as exc:   # damaged bytes
+    except (*DAMAGED_FILE_ERRORS, MemoryError) as exc:
         raise InputError(f"{where}: corrupt or unreadable IR file ({exc})") from None
