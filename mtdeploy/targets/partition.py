@@ -379,7 +379,8 @@ class _FMState:
 @register_strategy("fm")
 def place_fm(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int,
              max_passes: int = 10, patience: int = 200, candidates: int = 8,
-             max_steps: int = 3000, max_work: float = 1e7) -> np.ndarray:
+             max_steps: int = 3000, max_work: float = 1e7,
+             max_links: int = 10 ** 7) -> np.ndarray:
     """Greedy placement refined by Fiduccia-Mattheyses passes.
 
     A pass repeatedly applies the best move (into a chip with a free slot) or swap (the core of
@@ -388,10 +389,12 @@ def place_fm(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int,
     pure descent cannot. Gains are kept per core and updated only around moved cores; a pass
     stops after ``patience`` steps without a new best or ``max_steps`` steps. A step costs a
     few passes over the cores, so all passes together take at most ``max_work / cores`` steps:
-    an ImageNet VGG-16's 30,000 cores get a bounded refinement, not minutes of it.
+    an ImageNet VGG-16's 30,000 cores get a bounded refinement, not minutes of it. A core
+    graph of more than ``max_links`` links keeps the greedy placement (the refinement's state
+    would hold it twice over).
     """
     part = place_greedy(traffic, n_chips, cores_per_chip).copy()
-    if n_chips <= 1 or len(part) < 2:
+    if n_chips <= 1 or len(part) < 2 or traffic.nnz > max_links:
         return part
     state = _FMState(traffic, part, n_chips)
     budget = max(1, int(max_work // len(part)))
