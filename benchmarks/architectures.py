@@ -1,4 +1,5 @@
-"""The seed papers' architectures as QCFS torch models: VGG-16 and ResNet-18/20/34.
+"""The seed papers' architectures as QCFS torch models: VGG-16 and ResNet-18/20/34 (and MTT's
+variants that squeeze the classifier's input instead of flattening it).
 
 Rebuilt layer by layer with ``mtdeploy.nn.QCFS`` activations (MaxPool replaced by AvgPool, as
 QCFS models are trained), in CIFAR (3x32x32) and ImageNet (3x224x224) layouts. Weights are
@@ -85,6 +86,37 @@ def vgg16(imagenet: bool = False, levels: int = 8, classes: int = 10) -> nn.Sequ
     layers += [nn.Flatten(), nn.Linear(c * side * side, hidden), QCFS(levels, 4.0),
                nn.Linear(hidden, hidden), QCFS(levels, 4.0), nn.Linear(hidden, classes)]
     return nn.Sequential(*layers)
+
+
+class SqueezeResNet(ResNet):
+    """MTT's ResNet head: the global pool's (C, 1, 1) map squeezed, not flattened, before the
+    classifier (``x.squeeze()``: a pure flatten, which mtdeploy accepts)."""
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stages(self.conv1(x))).squeeze())
+
+
+def resnet18_squeeze(imagenet: bool = False, levels: int = 8, classes: int = 10) -> ResNet:
+    return SqueezeResNet([2, 2, 2, 2], [64, 128, 256, 512], imagenet, levels, classes)
+
+
+class SqueezeVGG(nn.Module):
+    """MTT's VGG-16 (CIFAR layout): the features end in a (512, 1, 1) map, squeezed with
+    ``x.squeeze(-1).squeeze(-1)`` before the classifier."""
+
+    def __init__(self, levels: int = 8, classes: int = 10):
+        super().__init__()
+        layers = list(vgg16(False, levels, classes))
+        cut = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+        self.features = nn.Sequential(*layers[:cut])
+        self.classifier = nn.Sequential(*layers[cut + 1:])
+
+    def forward(self, x):
+        return self.classifier(self.features(x).squeeze(-1).squeeze(-1))
+
+
+def vgg16_squeeze(levels: int = 8, classes: int = 10) -> SqueezeVGG:
+    return SqueezeVGG(levels, classes)
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

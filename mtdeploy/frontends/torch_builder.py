@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,7 +89,8 @@ def _hint(name: str) -> str:
 def _supported_summary() -> str:
     layers = sorted({t.__name__ for kind in KINDS.values() for t in kind.torch_types})
     return ("no spiking equivalent; supported: " + ", ".join(layers)
-            + ", flatten/view(batch, -1), residual add, Dropout/Identity (dropped)")
+            + ", flatten/view(batch, -1)/squeeze to (batch, features), residual add, "
+            "Dropout/Identity (dropped)")
 
 
 class Special(enum.Enum):
@@ -124,7 +126,9 @@ class GraphBuilder:
     def __init__(self, name: str, input_shape: tuple[int, ...]):
         self.graph = Graph(name)
         self.offenders: list[tuple[str, str, str]] = []
-        self.flatten_sizes: dict[str, int] = {}            # view(-1, N): N checked after shapes
+        # flatten nodes standing for reshapes: node -> (module path, the op as written, its
+        # sample-shape rule), checked once shapes are known (_check_reshapes)
+        self.reshapes: dict[str, tuple[str, str, Callable]] = {}
         # node -> (TorchScript submodule, its method that was called, the eager rebuild)
         self.rebuilt: dict[str, tuple[torch.jit.ScriptModule, str, nn.Module]] = {}
         self.graph.add(Node("input", "input", [], {"shape": list(input_shape)},
@@ -195,6 +199,7 @@ class GraphBuilder:
         graph.output = output.node
         _prune_unused(graph)
         self._infer_shapes_and_check()
+        self._check_reshapes()
         graph.meta["frontend"] = frontend
         graph.validate()
         return graph
@@ -227,7 +232,7 @@ class GraphBuilder:
 
     def _shape(self, node: Node, in_shapes: list) -> tuple[int, ...]:
         """The kind's shape rule (a wrong input shape fails at the first layer it does not
-        fit), then an explicit ``view(-1, N)`` size."""
+        fit); reshapes are checked once all shapes are known (:meth:`_check_reshapes`)."""
         try:
             shape = tuple(int(d) for d in kind_of(node).infer_shape(node, in_shapes))
         except InputError:
@@ -239,12 +244,31 @@ class GraphBuilder:
         if shape and min(shape) < 1:
             raise InputError(f"{node.label()}: output shape {shape} is empty; the input "
                              f"{tuple(self.graph.input.shape)} is too small for this layer")
-        features = self.flatten_sizes.get(node.name)
-        if features is not None and shape != (features,):
-            raise InputError(f"{node.label()}: reshapes to (batch, {features}) but its input "
-                             f"{in_shapes[0]} has {shape[0]} values per sample; check the "
-                             "input shape")
         return shape
+
+    def _check_reshapes(self) -> None:
+        """Each reshape (view, reshape, flatten, squeeze) became a flatten node; with the input
+        shapes known, replay it on the sample shape as torch computes it. What leaves a chain
+        of reshapes for any other layer must be (batch, features): a pure flatten; the rest is
+        listed as unsupported, naming the layer."""
+        graph, torch_shape, problems = self.graph, {}, []
+        for node in graph:
+            if node.name not in self.reshapes:
+                continue
+            path, op, rule = self.reshapes[node.name]
+            src = node.inputs[0]
+            in_shape = torch_shape.get(src, tuple(graph[src].shape))
+            out = torch_shape[node.name] = rule(in_shape, node)
+            users = [c.origin or c.name for c in graph.consumers(node.name)
+                     if c.name not in self.reshapes]
+            if (users or node.name == graph.output) and len(out) != 1:
+                shown = ", ".join(str(d) for d in out)
+                feeds = f" before {', '.join(users)}" if users else " (the output)"
+                problems.append((path or "(top-level forward)", op,
+                                 f"it gives (batch, {shown}) from (batch, "
+                                 f"{', '.join(map(str, in_shape))}){feeds}; " + _FLATTEN_ONLY))
+        if problems:
+            raise UnsupportedOpsError(problems)
 
     def _check_rebuilt(self, node: Node, in_shape: tuple[int, ...]) -> None:
         """A module rebuilt from TorchScript must compute what the archive's submodule computes."""
@@ -323,33 +347,90 @@ def _handle_add(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
     return b.add_node(b.node_base(scope, "add"), "add", [x, y], b.node_base(scope, op))
 
 
+_FLATTEN_ONLY = ("only reshapes that flatten to (batch, features) are supported, e.g. "
+                 "x.view(x.size(0), -1), torch.flatten(x, 1) or x.squeeze() of a (C, 1, 1) map")
+
+
+def _reshape_node(b: GraphBuilder, scope: str, op: str, x: Ref, rule) -> Ref:
+    """A flatten node for a reshape whose torch sample shape ``rule(in_shape, node)`` gives;
+    :meth:`GraphBuilder._check_reshapes` requires the chain to end in a pure flatten."""
+    ref = b.add_node(b.node_base(scope, "flatten"), "flatten", [x],
+                     b.node_base(scope, op.split("(")[0]))
+    b.reshapes[ref.node] = (scope, op, rule)
+    return ref
+
+
+def _batch_axis(dim: int, ndim: int) -> int:
+    """A torch axis of a (batch, *sample) tensor as an axis of the sample, -1 for the batch."""
+    return (dim % (ndim + 1)) - 1 if -ndim - 1 <= dim <= ndim else -2
+
+
 def _handle_flatten(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    """torch.flatten(x, start_dim, end_dim) with start_dim past the batch axis."""
     x = _arg(args, kwargs, 0, "input")
     start, end = _arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1)
-    if not isinstance(x, Ref) or start != 1 or end != -1:
+    if not isinstance(x, Ref) or not isinstance(start, int) or not isinstance(end, int) \
+            or start == 0:
         return b.unsupported(scope, f"{op}(start_dim={start}, end_dim={end})",
-                             "only torch.flatten(x, 1) (all axes but the batch) is supported")
-    return b.add_node(b.node_base(scope, "flatten"), "flatten", [x], b.node_base(scope, op))
+                             "only flattening the axes after the batch is supported, e.g. "
+                             "torch.flatten(x, 1)")
+
+    def rule(shape, node):
+        a, z = _batch_axis(start, len(shape)), _batch_axis(end, len(shape))
+        if a < 0 or z < a:
+            raise UnsupportedOpsError([(scope or "(top-level forward)",
+                                        f"{op}(start_dim={start}, end_dim={end})",
+                                        "it flattens the batch axis; " + _FLATTEN_ONLY)])
+        return (*shape[:a], int(np.prod(shape[a:z + 1])), *shape[z + 1:])
+
+    return _reshape_node(b, scope, f"{op}(start_dim={start}, end_dim={end})", x, rule)
+
+
+def _handle_squeeze(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
+    """x.squeeze(), x.squeeze(dim), torch.squeeze(x, dims): unit axes of the sample removed."""
+    x = _arg(args, kwargs, 0, "input")
+    dims = _arg(args, kwargs, 1, "dim")
+    dims = None if dims is None else list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    if not isinstance(x, Ref) or (dims is not None and not all(isinstance(d, int) for d in dims)):
+        return b.unsupported(scope, op, _FLATTEN_ONLY)
+    text = f"{op}({', '.join(map(str, dims or []))})"
+
+    def rule(shape, node):
+        axes = [_batch_axis(d, len(shape)) for d in dims] if dims is not None \
+            else list(range(len(shape)))
+        if any(a < 0 for a in axes):
+            raise UnsupportedOpsError([(scope or "(top-level forward)", text,
+                                        "it squeezes the batch axis; " + _FLATTEN_ONLY)])
+        return tuple(n for i, n in enumerate(shape) if not (i in axes and n == 1))
+
+    return _reshape_node(b, scope, text, x, rule)
 
 
 def _handle_view(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
-    """x.view(x.size(0), -1), x.view(-1, N), x.reshape(B, N): a flatten to (batch, features)."""
+    """x.view(x.size(0), -1), x.view(-1, N), x.reshape(B, N), x.view(B, C, -1): the batch axis
+    kept, the sample re-laid out (a flatten in the end, see _check_reshapes)."""
     x = args[0] if args else kwargs.get("input", kwargs.get("self"))
     dims = list(args[1:]) or list(kwargs.get("shape", kwargs.get("size", ())))
     if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
         dims = list(dims[0])
-    batch_ok = len(dims) == 2 and (dims[0] is Special.BATCH or dims[0] == -1)
-    features = dims[1] if len(dims) == 2 else None
-    if (not isinstance(x, Ref) or not batch_ok or not isinstance(features, int)
-            or (dims[0] == -1 and features == -1) or (features < 1 and features != -1)):
-        shown = ", ".join("batch" if d is Special.BATCH else str(d) for d in dims)
-        return b.unsupported(scope, f"{op}({shown})",
-                             "only reshapes that flatten to (batch, features) are supported, "
-                             "e.g. x.view(x.size(0), -1) or torch.flatten(x, 1)")
-    ref = b.add_node(b.node_base(scope, "flatten"), "flatten", [x], b.node_base(scope, op))
-    if features != -1:
-        b.flatten_sizes[ref.node] = features
-    return ref
+    shown = ", ".join("batch" if d is Special.BATCH else str(d) for d in dims)
+    sample = dims[1:]
+    if (not isinstance(x, Ref) or len(dims) < 2 or not (dims[0] is Special.BATCH or dims[0] == -1)
+            or not all(isinstance(d, int) and (d >= 1 or d == -1) for d in sample)
+            or sample.count(-1) > (0 if dims[0] == -1 else 1)):
+        return b.unsupported(scope, f"{op}({shown})", _FLATTEN_ONLY)
+
+    def rule(shape, node):
+        total = int(np.prod(shape))
+        known = int(np.prod([d for d in sample if d != -1]))
+        out = tuple(total // known if d == -1 else d for d in sample)
+        if int(np.prod(out)) != total:
+            raise InputError(f"{node.label()}: reshapes to (batch, {shown.split(', ', 1)[1]}) "
+                             f"but its input {shape} has {total} values per sample; check the "
+                             "input shape")
+        return out
+
+    return _reshape_node(b, scope, f"{op}({shown})", x, rule)
 
 
 def _handle_size(b: GraphBuilder, scope: str, op: str, args: list, kwargs: dict):
@@ -384,6 +465,7 @@ _FUNCTION_HANDLERS: dict[str, Callable] = {
     **dict.fromkeys(["add", "iadd"], _handle_add),
     "flatten": _handle_flatten,
     **dict.fromkeys(["view", "reshape"], _handle_view),
+    "squeeze": _handle_squeeze,
     "size": _handle_size,
     "getattr": _handle_getattr,
     "getitem": _handle_getitem,

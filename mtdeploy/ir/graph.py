@@ -139,10 +139,14 @@ class Graph:
             raise InputError(f"graph output {self.output!r} is not a node")
 
     def copy(self) -> "Graph":
+        """A new graph with its own structure, attrs and meta, sharing the parameter arrays:
+        passes replace a parameter (``node.params[k] = ...``) and never write into one, so a
+        VGG-16's half a gigabyte of weights exists once however many copies the passes make.
+        (Arrays are not frozen: torch warns on every read-only array it wraps.)"""
         g = Graph(self.name)
         for n in self.nodes.values():
             g.nodes[n.name] = Node(n.name, n.kind, list(n.inputs), json.loads(json.dumps(n.attrs)),
-                                   {k: v.copy() for k, v in n.params.items()}, tuple(n.shape),
+                                   dict(n.params), tuple(n.shape),
                                    n.origin, n.T)
         g.output = self.output
         g.meta = json.loads(json.dumps(self.meta))

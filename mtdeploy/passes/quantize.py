@@ -96,16 +96,16 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) 
         exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / threshold))))
     unit = 2.0 ** -exp
     for node, s_in, post in weighted.values():
-        mantissa, shift = _mantissa(node.params["weight"].astype(np.float64) * (s_in * post / unit),
-                                    wmax)
-        node.params["weight_int"] = (mantissa << shift).astype(np.int32)
+        mantissa, shift = _mantissa(node.params["weight"], wmax, s_in * post / unit)
+        mantissa <<= shift
+        node.params["weight_int"] = mantissa
         node.attrs["weight_scale"] = s_in * post / unit
         node.attrs["weight_exp"] = shift
     for node in tree_nodes(graph, pop) + [pop]:
         node.attrs.pop("input_gain_int", None)
     for consumer, idx, gain in gains:
         g = consumer.attrs.setdefault("input_gain_int", [1] * len(consumer.inputs))
-        mantissa, shift = _mantissa(np.asarray([gain / unit]), wmax)
+        mantissa, shift = _mantissa(np.asarray([gain / unit], np.float64), wmax)
         g[idx] = int(mantissa[0]) << shift
     pop.params["bias_int"] = np.round(_tree_bias(graph, pop) / unit).astype(np.int64)
     pop.attrs["exp"] = exp
@@ -116,13 +116,26 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) 
     _check_ranges(graph, pop)
 
 
-def _mantissa(values: np.ndarray, wmax: int) -> tuple[np.ndarray, int]:
-    """``values`` as ``mantissa << shift``: the smallest power-of-two shift >= 0 that fits the
-    rounded values into [-wmax, wmax] (0 for values already in range, as a single branch's)."""
-    peak = float(np.abs(values).max(initial=0.0))
+def _mantissa(values: np.ndarray, wmax: int, scale: float = 1.0,
+              block: int = 2 ** 22) -> tuple[np.ndarray, int]:
+    """``values * scale`` (in float64) as ``mantissa << shift`` (int32): the smallest
+    power-of-two shift >= 0 that fits the rounded values into [-wmax, wmax] (0 for values
+    already in range, as a single branch's). Rounded ``block`` values at a time, so a
+    VGG-16 classifier's 100M weights need no float64 copy."""
+    values = np.asarray(values)
+    flat = values.reshape(-1)
+    # float64(v) * scale rounds monotonically, so the peak is the scaled largest |value|
+    peak = float(max(flat.max(initial=0.0), -flat.min(initial=0.0))) * scale
     shift = max(0, math.ceil(math.log2(peak / (wmax + 0.5)))) if peak > wmax + 0.5 else 0
-    mantissa = np.clip(np.round(values / 2.0 ** shift), -wmax, wmax).astype(np.int64)
-    return mantissa, shift
+    out = np.empty(flat.shape, np.int32)
+    for b0 in range(0, len(flat), block):
+        chunk = flat[b0:b0 + block].astype(np.float64) * scale
+        if shift:
+            chunk /= 2.0 ** shift
+        np.rint(chunk, out=chunk)
+        np.clip(chunk, -wmax, wmax, out=chunk)
+        out[b0:b0 + block] = chunk
+    return out.reshape(values.shape), shift
 
 
 #: a layer that keeps fewer of its non-zero weights than this after rounding gets a warning
@@ -159,13 +172,14 @@ def mantissa_bits(weight_int) -> int:
     """Signed bits of an integer weight tensor's mantissa under its shared power-of-two
     exponent (Loihi's weights are an 8-bit mantissa with an exponent per synapse group): the
     trailing zero bits every non-zero weight shares are the exponent, not the mantissa."""
-    w = np.abs(np.asarray(weight_int, dtype=np.int64)).ravel()
-    w = w[w != 0]
-    if not w.size:
+    w = np.asarray(weight_int)
+    # zeros change neither the OR nor the max, so no copy filters them out
+    w = np.abs(w if w.dtype.kind == "i" else w.astype(np.int64)).ravel()
+    shared = int(np.bitwise_or.reduce(w)) if w.size else 0
+    if not shared:
         return 1
-    shared = int(np.bitwise_or.reduce(w))
     exponent = (shared & -shared).bit_length() - 1     # the lowest set bit of any weight
-    return int(w.max() >> exponent).bit_length() + 1
+    return (int(w.max()) >> exponent).bit_length() + 1
 
 
 def _tree_bias(graph: Graph, pop: Node) -> np.ndarray:

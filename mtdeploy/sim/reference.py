@@ -14,7 +14,7 @@ import torch
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.kinds import kind_of
-from mtdeploy.ir.snn import incoming_edges, is_alignment, is_source, tree_nodes
+from mtdeploy.ir.snn import is_alignment, is_source, tree_nodes
 
 MODES = ("float", "fixed", "ann-int")
 
@@ -189,19 +189,37 @@ def tree_int_forward(graph: Graph, pop_name: str, edge_inputs: dict[str, torch.T
     ``edge_inputs`` maps each edge (align node name, or producer name for a streamed edge) to
     an integer tensor (N, *shape); edges left out are zero. Gains are applied. Used by
     backends to materialise synapse matrices.
+
+    Only the nodes downstream of the given edges are evaluated: integer forwards are linear
+    without bias, so every other node is zero (a residual add's other branch is a zero view,
+    its convolutions never run). The spatial sizes may differ from the graph's (a crop of a
+    map, for probing a local tree's kernel) wherever the tree's kinds allow it.
     """
     pop = graph[pop_name]
     n = next(iter(edge_inputs.values())).shape[0] if edge_inputs else 1
-    values: dict[str, torch.Tensor] = {}
-    for e in incoming_edges(graph, pop):
-        key = e.align or e.producer
-        shape = graph[key].shape
-        values[key] = torch.as_tensor(edge_inputs[key], dtype=torch.float64) if key in edge_inputs \
-            else torch.zeros((n, *shape), dtype=torch.float64)
+    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in edge_inputs.items()}
     for node in tree_nodes(graph, pop):
-        if node.name in values:
+        if node.name in values or not any(i in values for i in node.inputs):
             continue
-        xs = _apply_gains(node, [values[i] for i in node.inputs], True)
+        xs = _apply_gains(node, _with_zeros(graph, node, values), True)
         values[node.name] = kind_of(node).forward_int(node, *xs)
-    xs = _apply_gains(pop, [values[i] for i in pop.inputs], True)
-    return xs[0]
+    root = pop.inputs[0]
+    if root not in values:
+        return torch.zeros((n, *graph[root].shape), dtype=torch.float64)
+    return _apply_gains(pop, [values[i] for i in pop.inputs], True)[0]
+
+
+def _with_zeros(graph: Graph, node: Node, values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``node``'s inputs, the unreached ones as zero views (shaped like a reached input of the
+    same graph shape, so crops work)."""
+    ref = next(i for i in node.inputs if i in values)
+    out = []
+    for i in node.inputs:
+        if i in values:
+            out.append(values[i])
+            continue
+        like = values[ref]
+        shape = like.shape if graph[i].shape == graph[ref].shape \
+            else (like.shape[0], *graph[i].shape)
+        out.append(like.new_zeros(()).expand(shape))
+    return out

@@ -250,7 +250,7 @@ def pack(plans: dict[str, LayerPlan], lim: np.ndarray) -> tuple[np.ndarray, np.n
 def traffic(net: Network, plans: dict[str, LayerPlan], tile_core: np.ndarray, n_cores: int,
             spikes: dict[str, float]) -> tuple[sparse.csr_matrix, float]:
     """Core-to-core messages per sample, and host-to-chip input messages."""
-    total = sparse.csr_matrix((n_cores, n_cores))
+    parts: list[sparse.coo_matrix] = []
     host = 0.0
     for q_name, q_plan in plans.items():
         q = net.populations[q_name]
@@ -267,8 +267,12 @@ def traffic(net: Network, plans: dict[str, LayerPlan], tile_core: np.ndarray, n_
             src = sparse.csr_matrix((np.ones(len(p_cores)), (p_cores, np.arange(len(p_cores)))),
                                     shape=(n_cores, len(p_cores)))
             dst = sparse.csr_matrix((np.ones(len(inv)), (inv, q_cores)), shape=(len(ulo), n_cores))
-            total = total + src @ m @ dst
-    total = total.tocsr()
+            parts.append((src @ m @ dst).tocoo())
+    # one sum at the end: adding the parts one by one re-copies the growing matrix each time
+    total = sparse.csr_matrix((np.concatenate([p.data for p in parts] + [np.zeros(0)]),
+                               (np.concatenate([p.row for p in parts] + [np.zeros(0, np.int64)]),
+                                np.concatenate([p.col for p in parts] + [np.zeros(0, np.int64)]))),
+                              shape=(n_cores, n_cores))
     total.sum_duplicates()
     return total, host
 
@@ -288,8 +292,10 @@ class _FMState:
     def __init__(self, traffic: sparse.csr_matrix, part: np.ndarray, n_chips: int):
         n = len(part)
         self.part = part
-        self.adj = (traffic + traffic.T).tocsr()
-        self.adj.setdiag(0)
+        both = (traffic + traffic.T).tocoo()
+        off = both.row != both.col        # (setdiag(0) on a large csr is far slower)
+        self.adj = sparse.csr_matrix((both.data[off], (both.row[off], both.col[off])),
+                                     shape=both.shape)
         self.adj.eliminate_zeros()
         self.size = np.bincount(part, minlength=n_chips)
         self.conn = np.asarray((self.adj @ sparse.csr_matrix(
@@ -373,22 +379,30 @@ class _FMState:
 @register_strategy("fm")
 def place_fm(traffic: sparse.csr_matrix, n_chips: int, cores_per_chip: int,
              max_passes: int = 10, patience: int = 200, candidates: int = 8,
-             max_steps: int = 3000) -> np.ndarray:
+             max_steps: int = 3000, max_work: float = 1e7,
+             max_links: int = 10 ** 7) -> np.ndarray:
     """Greedy placement refined by Fiduccia-Mattheyses passes.
 
     A pass repeatedly applies the best move (into a chip with a free slot) or swap (the core of
     highest gain with its best partner on the target chip) among unlocked cores, even at a loss,
     locks what moved, and keeps the best prefix of the pass: it climbs out of local minima that
     pure descent cannot. Gains are kept per core and updated only around moved cores; a pass
-    stops after ``patience`` steps without a new best or ``max_steps`` steps.
+    stops after ``patience`` steps without a new best or ``max_steps`` steps. A step costs a
+    few passes over the cores, so all passes together take at most ``max_work / cores`` steps:
+    an ImageNet VGG-16's 30,000 cores get a bounded refinement, not minutes of it. A core
+    graph of more than ``max_links`` links keeps the greedy placement (the refinement's state
+    would hold it twice over).
     """
     part = place_greedy(traffic, n_chips, cores_per_chip).copy()
-    if n_chips <= 1 or len(part) < 2:
+    if n_chips <= 1 or len(part) < 2 or traffic.nnz > max_links:
         return part
     state = _FMState(traffic, part, n_chips)
+    budget = max(1, int(max_work // len(part)))
     for _ in range(max_passes):
-        if state.fm_pass(cores_per_chip, patience, candidates, max_steps) <= 1e-9:
+        steps = min(max_steps, budget // 2)
+        if steps < 1 or state.fm_pass(cores_per_chip, patience, candidates, steps) <= 1e-9:
             break
+        budget -= 2 * steps
     return state.part
 
 

@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "lower_to_lava": "network", "run_lava": "network", "LavaNetwork": "network",
+    "describe_lava": "network",
     "SYNAPSE_HOP": "synapses", "child_pids": "runtime", "ladder": "agreement",
     "first_divergence": "agreement", "format_ladder": "agreement",
 }

@@ -23,12 +23,15 @@ import numpy as np
 
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.snn import Edge, incoming_edges, is_readout, is_source, populations
+from mtdeploy.kinds import neuron_of
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
-from mtdeploy.targets.loihi2.lava.neurons import neuron_process, processes_of
-from mtdeploy.targets.loihi2.lava.procs.process import Readout, SampleSource
-from mtdeploy.targets.loihi2.lava.synapses import SynapseInfo, Wire, connect_synapses
+from mtdeploy.targets.loihi2.lava.neurons import (NEURON_MODELS, POPULATION_KINDS, neuron_process,
+                                                  processes_of)
+from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, SampleSource
+from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
+                                                   plan_synapses)
 from mtdeploy.targets.loihi2.lava.tables import Build
-from mtdeploy.targets.loihi2.lava.timing import timing_process
+from mtdeploy.targets.loihi2.lava.timing import ALIGN_METHODS, stream_delay, timing_process
 
 
 @dataclass
@@ -99,8 +102,7 @@ def lower_processes(build: Build, data: np.ndarray) -> Lowered:
 
 def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tuple[Any, LayerInfo]:
     """``pop``'s neuron process with every incoming edge wired into it."""
-    info = LayerInfo(pop.name, pop.kind, pop.attrs.get("neuron"), int(pop.T), build.window(pop),
-                     tuple(pop.shape), lava_shape(pop.shape))
+    info = _layer_info(build, pop)
     neuron = neuron_process(build, pop)
     info.processes.update(type(proc).__name__ for proc in processes_of(neuron))
     for key, edges in _edge_groups(build.graph, pop).items():
@@ -131,6 +133,61 @@ def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports:
     wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
                 out_ports[edge.producer], target)
     synapse = connect_synapses(build, pop, wire)
+    return _edge_info(build, edge, delay, synapse, processes)
+
+
+def _layer_info(build: Build, pop: Node) -> LayerInfo:
+    return LayerInfo(pop.name, pop.kind, pop.attrs.get("neuron"), int(pop.T), build.window(pop),
+                     tuple(pop.shape), lava_shape(pop.shape))
+
+
+def _edge_info(build: Build, edge: Edge, delay: int, synapse: SynapseInfo,
+               processes: Counter) -> EdgeInfo:
     processes[synapse.synapse] += synapse.processes
     method = build.graph[edge.align].attrs["method"] if edge.align else None
     return EdgeInfo(edge.producer, edge.align, method, delay, synapse)
+
+
+# ---- describing without building ------------------------------------------------------------
+def plan_layers(build: Build) -> dict[str, LayerInfo]:
+    """Per layer, what :func:`lower_processes` builds (process kinds and counts, windows, each
+    edge's synapses with their non-zeros and digits), decided without building a process or
+    a matrix: the compile report's Lava description at any network size."""
+    layers: dict[str, LayerInfo] = {}
+    for pop in populations(build.graph):
+        if is_source(pop):
+            continue
+        info = layers[pop.name] = _layer_info(build, pop)
+        info.processes[_neuron_process_name(pop)] += 1
+        for key, edges in _edge_groups(build.graph, pop).items():
+            edge = edges[0]
+            stage, delay = _timing_process_name(build, pop, edge)
+            if stage is not None:
+                info.processes[stage] += 1
+            wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
+                        None, None)
+            synapse = plan_synapses(build, pop, wire).info
+            info.edges.append(_edge_info(build, edge, delay, synapse, info.processes))
+    return layers
+
+
+def _returned(builder) -> str | None:
+    """The process class a builder returns, from its return annotation."""
+    name = getattr(builder, "__annotations__", {}).get("return")
+    return name if isinstance(name, str) else getattr(name, "__name__", None)
+
+
+def _neuron_process_name(pop: Node) -> str:
+    """The class :func:`neuron_process` builds for ``pop``; a population kind whose builder
+    names none picks its process by neuron model."""
+    name = _returned(POPULATION_KINDS.of(pop.kind, pop))
+    return name or _returned(NEURON_MODELS.of(neuron_of(pop).name, pop))
+
+
+def _timing_process_name(build: Build, pop: Node, edge: Edge) -> tuple[str | None, int]:
+    """What :func:`timing_process` builds for the edge: (class or None, delay)."""
+    if edge.align is not None:
+        node = build.graph[edge.align]
+        return _returned(ALIGN_METHODS.of(node.attrs["method"], node)), 0
+    delay = stream_delay(build, pop, build.graph[edge.producer])
+    return (DelayLine.__name__ if delay else None), delay

@@ -17,13 +17,14 @@ from mtdeploy.ir.graph import Graph
 from mtdeploy.passes.schedule import scheduled
 from mtdeploy.sim.reference import quantize_input
 from mtdeploy.targets.loihi2.lava.layout import from_lava, lava_shape, to_lava
-from mtdeploy.targets.loihi2.lava.lowering import Lowered, lower_processes
+from mtdeploy.targets.loihi2.lava.lowering import Lowered, lower_processes, plan_layers
 from mtdeploy.targets.loihi2.lava.runtime import (DEFAULT_TIMEOUT_S, LavaRuntime, child_pids,
                                                   lava_version)
 from mtdeploy.targets.loihi2.lava.synapses import SPARSE_BELOW, SYNAPSE_HOP
 from mtdeploy.targets.loihi2.lava.tables import Build
 
-__all__ = ["LavaNetwork", "lower_to_lava", "run_lava", "SYNAPSE_HOP", "child_pids"]
+__all__ = ["LavaNetwork", "describe_lava", "lower_to_lava", "run_lava", "SYNAPSE_HOP",
+           "child_pids"]
 
 
 class LavaNetwork:
@@ -60,14 +61,7 @@ class LavaNetwork:
 
     def describe(self) -> dict:
         """What was built, per layer: window, processes by kind, and each edge's synapse."""
-        totals: Counter = Counter({"SampleSource": 1})
-        for info in self.layers.values():
-            totals.update(info.processes)
-        return {"backend": "lava", "lava_version": lava_version(), "mode": self.build.select_tag,
-                "hop_steps": self.hop, "steps_per_sample": self.period,
-                "samples": self.n_samples, "total_steps": self.period * self.n_samples,
-                "process_count": sum(totals.values()), "processes_by_kind": dict(totals),
-                "layers": [info.describe() for info in self.layers.values()]}
+        return _description(self.build, self.layers)
 
     # ---- running ----------------------------------------------------------------------------
     def run(self, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> np.ndarray:
@@ -109,6 +103,36 @@ class LavaNetwork:
         self.stop()
 
 
+def _description(build: Build, layers: dict) -> dict:
+    totals: Counter = Counter({"SampleSource": 1})
+    for info in layers.values():
+        totals.update(info.processes)
+    return {"backend": "lava", "lava_version": lava_version(), "mode": build.select_tag,
+            "hop_steps": build.hop, "steps_per_sample": build.period,
+            "samples": build.n_samples, "total_steps": build.period * build.n_samples,
+            "process_count": sum(totals.values()), "processes_by_kind": dict(totals),
+            "layers": [info.describe() for info in layers.values()]}
+
+
+def describe_lava(graph: Graph, sparse_below: float = SPARSE_BELOW) -> dict:
+    """``lower_to_lava(graph).describe()`` (fixed point, one sample) without building a
+    process or a matrix: what the compile report says of the Lava network, in seconds for an
+    ImageNet VGG-16 whose lowering would hold billions of synapses."""
+    _check_lowerable(graph, True)
+    sched = scheduled(graph)
+    build = Build(graph, True, n_samples=1, period=int(sched["total_steps"]),
+                  hop=int(sched["hop_steps"]), seed=int(graph.meta.get("seed", 0)),
+                  record_counts=False, reset=True, sparse_below=sparse_below)
+    return _description(build, plan_layers(build))
+
+
+def _check_lowerable(graph: Graph, fixed_point: bool) -> None:
+    if not graph.meta.get("converted"):
+        raise InputError("lower_to_lava needs a converted graph (mtdeploy.passes.convert)")
+    if fixed_point and not graph.meta.get("quantized"):
+        raise InputError("fixed-point lowering needs a quantized graph (mtdeploy.passes.quantize)")
+
+
 def lower_to_lava(graph: Graph, fixed_point: bool = True, x=None, *, seed: int | None = None,
                   record_counts: bool = False, reset: bool = True,
                   sparse_below: float = SPARSE_BELOW) -> LavaNetwork:
@@ -119,10 +143,7 @@ def lower_to_lava(graph: Graph, fixed_point: bool = True, x=None, *, seed: int |
     ``seed`` is TPP's Bernoulli seed (default: the graph's). ``record_counts`` keeps per-sample
     spike counts of every population (for :func:`ladder`).
     """
-    if not graph.meta.get("converted"):
-        raise InputError("lower_to_lava needs a converted graph (mtdeploy.passes.convert)")
-    if fixed_point and not graph.meta.get("quantized"):
-        raise InputError("fixed-point lowering needs a quantized graph (mtdeploy.passes.quantize)")
+    _check_lowerable(graph, fixed_point)
     g = graph.copy()
     sched = scheduled(g)
     data = _input_batch(g, x, fixed_point)

@@ -78,8 +78,8 @@ def _readout(build: Build, pop: Node) -> Readout:
 
 
 @POPULATION_KINDS.register("cuba")
-def _cuba(build: Build, pop: Node):
-    """Lava's own LIF, as lava-dl netx builds a CUBA block: du = iDecay - 1 (Lava adds 1),
+def _cuba(build: Build, pop: Node) -> LIFReset:
+    """Lava's own LIF (inside a CountedPopulation when counts are recorded), as lava-dl netx builds a CUBA block: du = iDecay - 1 (Lava adds 1),
     dv = vDecay, vth = vThMant, the bias as bias_mant with bias_exp = 6; the LIFReset
     variant, reset to rest at the first step of the population's window in every sample
     period (what the reference simulates: each window from rest).

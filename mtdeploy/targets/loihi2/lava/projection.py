@@ -1,11 +1,17 @@
 """An edge's projection (the tree of linear nodes between a producer and a population), as the
 nodes it passes through and as a matrix in Lava's flat layouts.
 
-The matrix is materialised by pushing basis vectors through the tree, in fixed point through the
-reference simulator's integer tree (docs/semantics.md §3), so Lava's synapses compute exactly
-what the reference computes.
+Every form is read from the reference simulator's integer tree (docs/semantics.md §3), so
+Lava's synapses compute exactly what the reference computes. In fixed point an edge has the
+cheapest form that holds it (:func:`edge_form`): one convolution kernel for a local tree
+(kernels.py), the weight matrix of its one matrix node, or else the matrix probed from the
+tree (:func:`chw_matrix`, column by column or, with fewer outputs, row by row). The figures the
+lowering decides on (non-zeros, digit matrices) come from the form (:func:`matrix_figures`),
+so describing a network never builds its matrices.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +23,7 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.sim.reference import tree_int_forward
+from mtdeploy.targets.loihi2.forms import composed_conv, edge_path, gain_on, probed_matrix
 from mtdeploy.targets.loihi2.lava.layout import lava_order
 
 
@@ -69,49 +76,151 @@ def tree_float_forward(graph: Graph, pop: Node, edge_inputs: dict[str, torch.Ten
 
 def edge_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
                 chunk_entries: int = 2 ** 22) -> sp.csr_matrix:
-    """The edge's projection as a matrix (out, in) in Lava's flat layouts, built in chunks of
-    basis vectors (integer in fixed point: an InputError if the graph is not quantized)."""
-    in_shape, out_shape = graph[key].shape, pop.shape
-    n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-    scale = 1.0 if fixed_point else edge_scale(graph, key, 1.0)
-    step = max(1, min(n_in, chunk_entries // max(1, n_out)))
-    rows, cols, vals = [], [], []
-    for c0 in range(0, n_in, step):
-        b = min(step, n_in - c0)
-        basis = torch.zeros((b, n_in), dtype=torch.float64)
-        basis[torch.arange(b), c0 + torch.arange(b)] = scale
-        basis = basis.reshape(b, *in_shape)
-        if fixed_point:
-            y = tree_int_forward(graph, pop.name, {key: basis})
-        else:
-            y = tree_float_forward(graph, pop, {key: basis})
-        y = y.reshape(b, n_out).numpy()
-        i, o = np.nonzero(y)
-        rows.append(o)
-        cols.append(i + c0)
-        vals.append(y[i, o])
-    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n_out, n_in))
+    """The edge's projection as a matrix (out, in) in Lava's flat layouts (integer in fixed
+    point: an InputError if the graph is not quantized)."""
+    m = chw_matrix(graph, pop, key, fixed_point, chunk_entries)
     if fixed_point:
-        if not np.array_equal(m.data, np.round(m.data)):
-            raise InputError(f"{pop.label()}: non-integer synapse weights; quantize the graph "
-                             "(mtdeploy.passes.quantize) before lowering in fixed point")
-        m = m.astype(np.int64)
-    perm_out, perm_in = lava_order(out_shape), lava_order(in_shape)
-    return m[perm_out][:, perm_in].tocsr()
+        m = _integer(m, pop)
+    return to_lava_matrix(m, pop.shape, graph[key].shape)
+
+
+def _integer(m: sp.csr_matrix, pop: Node) -> sp.csr_matrix:
+    if not np.array_equal(m.data, np.round(m.data)):
+        raise InputError(f"{pop.label()}: non-integer synapse weights; quantize the graph "
+                         "(mtdeploy.passes.quantize) before lowering in fixed point")
+    return m.astype(np.int64)
+
+
+def to_lava_matrix(m: sp.spmatrix, out_shape, in_shape) -> sp.csr_matrix:
+    """A (out, in) matrix in IR (CHW) order -> Lava's flat layouts."""
+    return sp.csr_matrix(m)[lava_order(out_shape)][:, lava_order(in_shape)].tocsr()
+
+
+def chw_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
+               chunk_entries: int = 2 ** 22) -> sp.csr_matrix:
+    """The edge's tree as a matrix (out, in) in IR (CHW) order, probed from the reference's
+    integer tree (float tree, scaled, in floating point): :func:`~..forms.probed_matrix`."""
+    scale = 1.0 if fixed_point else edge_scale(graph, key, 1.0)
+
+    def tree(x: torch.Tensor) -> torch.Tensor:
+        if fixed_point:
+            return tree_int_forward(graph, pop.name, {key: x})
+        return tree_float_forward(graph, pop, {key: x}) * scale
+
+    widest = max([pop.size] + [n.size for n in tree_nodes(graph, pop)])
+    return probed_matrix(tree, graph[key].shape, pop.size, widest, chunk_entries)
 
 
 def weight_digits(m: sp.csr_matrix) -> list[tuple[int, sp.csr_matrix]]:
     """Balanced base-256 digits: m = sum_k d_k * 256**k, every d_k in [-128, 127]."""
-    digits, rest, k = [], m.copy().astype(np.int64), 0
-    while rest.nnz:
-        d = rest.copy()
-        d.data = (d.data + 128) % 256 - 128
-        d.eliminate_zeros()
-        if d.nnz:
-            digits.append((k, d))
-        rest = rest - d
-        rest.data //= 256
-        rest.eliminate_zeros()
+    m = sp.csr_matrix(m, dtype=np.int64)
+    m.sum_duplicates()
+    digits = []
+    for k, d in _digit_planes(m.data):
+        dm = sp.csr_matrix((d, m.indices.copy(), m.indptr.copy()), shape=m.shape)
+        dm.eliminate_zeros()
+        digits.append((k, dm))
+    return digits or [(0, m)]
+
+
+def _digit_planes(values: np.ndarray):
+    """(k, d_k) for each non-zero balanced base-256 digit plane of integer ``values``."""
+    rest, k = np.asarray(values, np.int64), 0
+    while np.any(rest):
+        d = (rest + 128) % 256 - 128
+        rest = (rest - d) // 256        # before the caller may reuse d's memory
+        if np.any(d):
+            yield k, d
         k += 1
-    return digits or [(0, m.astype(np.int64))]
+
+
+@dataclass
+class MatrixFigures:
+    """What the lowering decides from an edge's integer matrix, known without building it:
+    its non-zeros, largest |weight| and the non-zeros of each base-256 digit matrix."""
+
+    nnz: int
+    max_abs: float
+    digits: list[tuple[int, int]]      # (k, non-zeros of digit matrix k), as weight_digits
+
+
+def matrix_figures(values: np.ndarray, counts: np.ndarray) -> MatrixFigures:
+    """Figures of a matrix holding ``values[i]`` ``counts[i]`` times (and zeros elsewhere)."""
+    values, counts = np.asarray(values), np.asarray(counts, np.int64)
+    keep = values != 0
+    values, counts = values[keep], counts[keep]
+    peak = float(np.abs(values).max(initial=0))
+    nnz = int(counts.sum())
+    if peak <= 127 or not np.array_equal(values, np.round(values)):
+        return MatrixFigures(nnz, peak, [(0, nnz)])
+    return MatrixFigures(nnz, peak,
+                         [(k, int(counts[d != 0].sum())) for k, d in _digit_planes(values)])
+
+
+# ---- an edge's matrix in the form that is cheapest to hold -----------------------------------
+#: kinds that only re-lay a map out (CHW order kept), so the matrix after them is unchanged
+LAYOUT_KINDS = frozenset({"flatten"})
+#: kinds whose integer map is a matrix parameter (out, in), in CHW order of their input
+MATRIX_PARAMS = {"linear": "weight_int"}
+
+
+@dataclass
+class WeightForm:
+    """An edge whose tree is one weight matrix (after layout-only nodes, before gains)."""
+
+    weight: np.ndarray          # (out, in), CHW order, integer
+
+    def values_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        v = self.weight[self.weight != 0]
+        return v, np.ones(len(v), np.int64)
+
+    def matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix(self.weight)
+
+
+@dataclass
+class ProbedForm:
+    """Any other edge: its matrix, probed from the tree (:func:`chw_matrix`)."""
+
+    m: sp.csr_matrix
+
+    def values_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.m.data, np.ones(len(self.m.data), np.int64)
+
+    def matrix(self) -> sp.csr_matrix:
+        return self.m
+
+
+def weight_form(graph: Graph, pop: Node, key: str) -> WeightForm | None:
+    """The edge as ``gain * W`` of its one matrix node, when the tree is layout nodes, that
+    node, then shape-keeping nodes (checked against the tree on random integers)."""
+    path = edge_path(graph, pop, key)
+    if not path:
+        return None
+    heads = [k for k, n in enumerate(path) if n.kind not in LAYOUT_KINDS]
+    if not heads or path[heads[0]].kind not in MATRIX_PARAMS:
+        return None
+    node = path[heads[0]]
+    if any(tuple(n.shape) != tuple(node.shape) for n in path[heads[0]:]):
+        return None
+    gain, prev = 1, key
+    for n in path + [pop]:
+        gain *= gain_on(n, prev)
+        prev = n.name
+    w = np.asarray(node.params[MATRIX_PARAMS[node.kind]], np.int64) * gain
+    rng = np.random.default_rng(12345)
+    x = rng.integers(-1023, 1024, (2, graph[key].size))
+    want = tree_int_forward(graph, pop.name,
+                            {key: torch.as_tensor(x, dtype=torch.float64)
+                             .reshape(2, *graph[key].shape)})
+    if w.shape != (pop.size, graph[key].size) or \
+            not np.array_equal(want.reshape(2, -1).numpy(), x @ w.T):
+        return None
+    return WeightForm(w)
+
+
+def edge_form(graph: Graph, pop: Node, key: str):
+    """The edge's integer projection as a ConvForm (a local tree), a WeightForm (one matrix
+    node) or, for anything else, the probed matrix: never a matrix where a kernel will do."""
+    return composed_conv(graph, pop, key) or weight_form(graph, pop, key) \
+        or ProbedForm(_integer(chw_matrix(graph, pop, key, True), pop))

@@ -3,8 +3,12 @@
 
 An edge whose tree is one node of a kind in :data:`OWN_PROCESS_KINDS` (a plain convolution),
 followed only by nodes the neuron's input port computes itself (:data:`PORT_SUMMED_KINDS`: adds,
-with unit gains), becomes that kind's own process; every other edge becomes the materialised
-integer matrix (:func:`~.projection.edge_matrix`) in ``Dense`` or, when sparse, ``Sparse``.
+with unit gains), becomes that kind's own process. In fixed point every other edge takes its
+form (:func:`~.projection.edge_form`): a local tree (a pool before a conv, a residual branch
+with its gain, an identity shortcut) is one composed kernel and becomes a ``Conv`` too when the
+kernel is an 8-bit mantissa; the rest becomes its integer matrix in ``Dense`` or, when sparse,
+``Sparse``. Each edge is planned first (:func:`plan_synapses`: what it becomes, with its
+non-zeros and digits from the form) and built on connect, so a description builds no matrix.
 
 Lava's Dense/Sparse ``fixed_pt`` models clip weights to 8 bits and, for mixed-sign matrices, drop
 the least significant bit. Integers are therefore sent as ``2*w`` with ``weight_exp = -1`` (an
@@ -29,8 +33,12 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.ir.snn import is_source
 from mtdeploy.kinds.align import edge_scale
+from mtdeploy.passes.quantize import mantissa_bits
+from mtdeploy.targets.loihi2.forms import ConvForm
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
-from mtdeploy.targets.loihi2.lava.projection import edge_chain, edge_matrix, weight_digits
+from mtdeploy.targets.loihi2.lava.projection import (ProbedForm, edge_chain, edge_form,
+                                                     edge_matrix, gain_on, matrix_figures,
+                                                     to_lava_matrix, weight_digits)
 from mtdeploy.targets.loihi2.lava.tables import Build, BuilderTable
 
 SYNAPSE_HOP = 1             # steps a Dense/Sparse/Conv process delays its input (measured)
@@ -71,8 +79,17 @@ class Wire:
             else GRADED_BITS
 
 
-#: (build, population, wire, head node) -> the head's own synapse process, or None if it cannot
-OwnProcessBuilder = Callable[[Build, Node, Wire, Node], "SynapseInfo | None"]
+@dataclass
+class SynapsePlan:
+    """One edge's synapses, decided: what they are (``info``) and how to build and wire them
+    (``connect(wire)``, which a description never calls, so no matrix is built for it)."""
+
+    info: SynapseInfo
+    connect: Callable[[Wire], None]
+
+
+#: (build, population, wire, head node) -> the plan of the head's own synapse process, or None
+OwnProcessBuilder = Callable[[Build, Node, Wire, Node], "SynapsePlan | None"]
 
 #: kinds whose node, alone on an edge, may become a Lava synapse process of its own
 OWN_PROCESS_KINDS: BuilderTable[OwnProcessBuilder] = BuilderTable("synapse kind")
@@ -82,12 +99,29 @@ PORT_SUMMED_KINDS = frozenset({"add"})
 
 def connect_synapses(build: Build, pop: Node, wire: Wire) -> SynapseInfo:
     """Synapse processes for one edge's projection, wired ``wire.src`` -> ... -> ``wire.dst``."""
+    plan = plan_synapses(build, pop, wire)
+    plan.connect(wire)
+    return plan.info
+
+
+def plan_synapses(build: Build, pop: Node, wire: Wire) -> SynapsePlan:
+    """The edge's synapses: the head node's own process (a plain conv), else in fixed point
+    the edge's form (:func:`~.projection.edge_form`) as a ``Conv`` where it is a kernel that
+    fits one, else its matrix as Dense/Sparse digit processes."""
     head = _own_process_head(build, pop, wire)
     if head is not None:
-        info = OWN_PROCESS_KINDS.of(head.kind, head)(build, pop, wire, head)
-        if info is not None:
-            return info
-    return _matrix_synapses(build, pop, wire)
+        plan = OWN_PROCESS_KINDS.of(head.kind, head)(build, pop, wire, head)
+        if plan is not None:
+            return plan
+    if not build.fixed_point:
+        return _matrix_plan(build, pop, wire, ProbedForm(edge_matrix(build.graph, pop, wire.key,
+                                                                     False)), lava_order=True)
+    form = edge_form(build.graph, pop, wire.key)
+    if isinstance(form, ConvForm):
+        plan = _form_conv(build, pop, wire, form)
+        if plan is not None:
+            return plan
+    return _matrix_plan(build, pop, wire, form)
 
 
 def _own_process_head(build: Build, pop: Node, wire: Wire) -> Node | None:
@@ -101,37 +135,51 @@ def _own_process_head(build: Build, pop: Node, wire: Wire) -> Node | None:
         return None
     prev = wire.key
     for node in chain + [pop]:
-        if _gain_on(node, prev) != 1:
+        if gain_on(node, prev) != 1:
             return None
         prev = node.name
     return chain[0]
 
 
-def _gain_on(node: Node, src: str) -> int:
-    gains = node.attrs.get("input_gain_int")
-    return int(gains[node.inputs.index(src)]) if gains else 1
-
-
 @OWN_PROCESS_KINDS.register("conv")
-def _conv(build: Build, pop: Node, wire: Wire, conv: Node) -> SynapseInfo | None:
+def _conv(build: Build, pop: Node, wire: Wire, conv: Node) -> SynapsePlan | None:
+    """The conv node as a Lava ``Conv``, or None where its fixed-point output could wrap."""
+    a = conv.attrs
+    return _conv_plan(build, pop, wire, _conv_weights(build, wire.key, conv), a["stride"],
+                      a["padding"], a["dilation"], int(a["groups"]), f"{conv.name}:conv")
+
+
+def _form_conv(build: Build, pop: Node, wire: Wire, form: ConvForm) -> SynapsePlan | None:
+    """A local tree's composed kernel as a Lava ``Conv`` when its weights are an 8-bit
+    mantissa under one exponent (as the network's weights) and its output cannot wrap."""
+    if mantissa_bits(form.weight) > int(build.graph.meta.get("weight_bits", 8)):
+        return None
+    return _conv_plan(build, pop, wire, form.weight, form.stride, form.padding, (1, 1),
+                      form.groups, f"{pop.name}<-{wire.key}:conv")
+
+
+def _conv_plan(build: Build, pop: Node, wire: Wire, w: np.ndarray, stride, padding, dilation,
+               groups: int, name: str) -> SynapsePlan | None:
     """A Lava ``Conv`` (weights (C_out, W, H, C_in), kernels flipped), or None where its
     fixed-point output could wrap."""
-    w = _conv_weights(build, wire.key, conv)
     if build.fixed_point and _conv_worst_output(build, wire, w) >= CONV_OUT_LIMIT:
         return None
-    a = conv.attrs
-    proc = Conv(weight=np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
-                .astype(np.int64 if build.fixed_point else np.float64),
-                input_shape=lava_shape(build.graph[wire.key].shape),
-                padding=tuple(a["padding"][::-1]), stride=tuple(a["stride"][::-1]),
-                dilation=tuple(a["dilation"][::-1]), groups=int(a["groups"]),
-                num_message_bits=wire.message_bits(build), name=f"{conv.name}:conv")
-    if tuple(proc.output_shape) != lava_shape(pop.shape):
-        raise InputError(f"{conv.label()}: Lava Conv output {proc.output_shape} != "
-                         f"population {lava_shape(pop.shape)}")
-    wire.src.connect(proc.s_in)
-    proc.a_out.connect(wire.dst)
-    return SynapseInfo("Conv", 1, int(np.count_nonzero(w)), float(np.abs(w).max(initial=0)))
+
+    def connect(wire: Wire) -> None:
+        proc = Conv(weight=np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
+                    .astype(np.int64 if build.fixed_point else np.float64),
+                    input_shape=lava_shape(build.graph[wire.key].shape),
+                    padding=tuple(padding[::-1]), stride=tuple(stride[::-1]),
+                    dilation=tuple(dilation[::-1]), groups=groups,
+                    num_message_bits=wire.message_bits(build), name=name)
+        if tuple(proc.output_shape) != lava_shape(pop.shape):
+            raise InputError(f"{name}: Lava Conv output {proc.output_shape} != "
+                             f"population {lava_shape(pop.shape)}")
+        wire.src.connect(proc.s_in)
+        proc.a_out.connect(wire.dst)
+
+    info = SynapseInfo("Conv", 1, int(np.count_nonzero(w)), float(np.abs(w).max(initial=0)))
+    return SynapsePlan(info, connect)
 
 
 def _conv_weights(build: Build, key: str, conv: Node) -> np.ndarray:
@@ -147,24 +195,32 @@ def _conv_worst_output(build: Build, wire: Wire, w: np.ndarray) -> float:
     return np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max
 
 
-def _matrix_synapses(build: Build, pop: Node, wire: Wire) -> SynapseInfo:
-    """The materialised matrix as Dense/Sparse processes, one per base-256 digit in fixed
-    point, all from ``wire.src`` into ``wire.dst``."""
-    m = edge_matrix(build.graph, pop, wire.key, build.fixed_point)
-    in_shape, out_shape = lava_shape(build.graph[wire.key].shape), lava_shape(pop.shape)
-    src = wire.src if len(in_shape) == 1 else wire.src.flatten()
-    parts = _weight_parts(build, m)
-    kinds = set()
-    for k, (w, exp) in enumerate(parts):
-        proc = _matrix_process(build, w, exp, wire.message_bits(build),
-                               name=f"{pop.name}<-{wire.key}:{k}")
-        kinds.add(type(proc).__name__)
-        src.connect(proc.s_in)
-        out = proc.a_out if len(out_shape) == 1 else proc.a_out.reshape(out_shape)
-        out.connect(wire.dst)
-    return SynapseInfo("+".join(sorted(kinds)), len(parts), int(m.nnz),
-                       float(np.abs(m.data).max(initial=0)),
+def _matrix_plan(build: Build, pop: Node, wire: Wire, form, lava_order: bool = False) \
+        -> SynapsePlan:
+    """The edge's matrix as Dense/Sparse processes, one per base-256 digit in fixed point,
+    all from ``wire.src`` into ``wire.dst``; decided from the form's figures, built (in
+    Lava's layouts, unless ``lava_order`` says the form already is) only on connect."""
+    in_shape = build.graph[wire.key].shape
+    size = pop.size * int(np.prod(in_shape))
+    fig = matrix_figures(*form.values_and_counts())
+    parts = fig.digits if build.fixed_point else [(0, fig.nnz)]
+    kinds = {_matrix_kind(build, nnz, size) for _, nnz in parts}
+
+    def connect(wire: Wire) -> None:
+        m = form.matrix()
+        m = m if lava_order else to_lava_matrix(m, pop.shape, in_shape)
+        src = wire.src if len(lava_shape(in_shape)) == 1 else wire.src.flatten()
+        out_shape = lava_shape(pop.shape)
+        for k, (w, exp) in enumerate(_weight_parts(build, m)):
+            proc = _matrix_process(build, w, exp, wire.message_bits(build),
+                                   name=f"{pop.name}<-{wire.key}:{k}")
+            src.connect(proc.s_in)
+            out = proc.a_out if len(out_shape) == 1 else proc.a_out.reshape(out_shape)
+            out.connect(wire.dst)
+
+    info = SynapseInfo("+".join(sorted(kinds)), len(parts), fig.nnz, fig.max_abs,
                        len(parts) if build.fixed_point else 1)
+    return SynapsePlan(info, connect)
 
 
 def _weight_parts(build: Build, m: sp.csr_matrix) -> list[tuple[sp.csr_matrix, int]]:
@@ -175,10 +231,15 @@ def _weight_parts(build: Build, m: sp.csr_matrix) -> list[tuple[sp.csr_matrix, i
     return [(m, 0)]
 
 
+def _matrix_kind(build: Build, nnz: int, size: int) -> str:
+    """Sparse when the matrix is large and sparse enough, else Dense."""
+    return "Sparse" if nnz <= build.sparse_below * size and size >= SPARSE_MIN_SIZE else "Dense"
+
+
 def _matrix_process(build: Build, w: sp.csr_matrix, weight_exp: int, bits: int, name: str):
-    size = w.shape[0] * w.shape[1]
-    sparse = w.nnz <= build.sparse_below * size and size >= SPARSE_MIN_SIZE
     kw: dict[str, Any] = dict(num_message_bits=bits, name=name)
     if build.fixed_point:
         kw.update(weight_exp=weight_exp, num_weight_bits=8, sign_mode=SignMode.MIXED)
-    return Sparse(weights=w.tocsr(), **kw) if sparse else Dense(weights=w.toarray(), **kw)
+    if _matrix_kind(build, w.nnz, w.shape[0] * w.shape[1]) == "Sparse":
+        return Sparse(weights=w.tocsr(), **kw)
+    return Dense(weights=w.toarray(), **kw)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.findings import Finding, errors
@@ -23,6 +22,7 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
 from mtdeploy.sim.reference import tree_int_forward
+from mtdeploy.targets.loihi2.forms import ConvForm, composed_conv, conv_matches, probed_matrix
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
 from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, validate_netx_layers
 
@@ -41,118 +41,44 @@ class StockPlan:
 
 
 # ---- projection trees as one synapse layer ----------------------------------------------
-def _tree_map(graph: Graph, pop: Node, key: str):
-    """The tree into ``pop`` as a function of the edge ``key``'s integers (bias left out)."""
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return tree_int_forward(graph, pop.name, {key: x})
-    return f
-
-
-def _probes(shape, n: int = 3) -> torch.Tensor:
-    """Inputs with no zero entry, so a single differing weight always shows in the output."""
-    rng = np.random.default_rng(12345)
-    x = rng.integers(1, 1024, (n, *shape)) * rng.choice([-1, 1], (n, *shape))
-    return torch.as_tensor(x, dtype=torch.float64)
-
-
-def _dense_matches(weight: np.ndarray, f, in_shape) -> bool:
-    x = _probes(in_shape)
-    want = f(x).reshape(x.shape[0], -1)
-    got = x.reshape(x.shape[0], -1) @ torch.as_tensor(weight, dtype=torch.float64).T
-    return want.shape == got.shape and bool(torch.equal(want, got))
-
-
-def _conv_matches(syn: dict, f, in_shape, out_shape) -> bool:
-    x = _probes(in_shape)
-    want = f(x)
-    got = F.conv2d(x, torch.as_tensor(syn["weight"], dtype=torch.float64), None, syn["stride"],
-                   syn["padding"], syn["dilation"], syn["groups"])
-    return tuple(got.shape[1:]) == tuple(out_shape) and want.shape == got.shape \
-        and bool(torch.equal(want, got))
-
-
-def _materialise(f, in_shape, n_out: int, chunk: int = 1024) -> np.ndarray:
-    """The tree's integer matrix (out, in), column j = its response to input unit j (CHW order)."""
-    n_in = int(np.prod(in_shape))
-    cols = []
-    for start in range(0, n_in, chunk):
-        k = min(chunk, n_in - start)
-        basis = torch.zeros((k, n_in), dtype=torch.float64)
-        basis[torch.arange(k), torch.arange(start, start + k)] = 1.0
-        cols.append(f(basis.reshape(k, *in_shape)).reshape(k, n_out))
-    return np.rint(torch.cat(cols).T.numpy()).astype(np.int64)
-
-
-def _composed_conv(body: list[Node], key: str, f, in_shape, out_shape) -> dict | None:
-    """A chain of sliding-window ops (sum pools, convs) as one conv, probed from its response.
-
-    Receptive field per axis: K = e_0 + sum_j (e_j - 1) * prod_{i<j} s_i, stride prod s_i,
-    padding p_0 + sum_j p_j * prod_{i<j} s_i (e = dilated kernel extent). The kernel is read at
-    an output whose field lies inside the input; the caller verifies the whole map, borders
-    included (intermediate zero padding is where a composition can differ).
-    """
-    prev = key
-    geo = []
-    for node in body:
-        a = node.attrs
-        if node.inputs != [prev] or not {"kernel", "stride", "padding"} <= set(a):
-            return None
-        d = a.get("dilation", [1, 1])
-        geo.append([(d[ax] * (a["kernel"][ax] - 1) + 1, a["stride"][ax], a["padding"][ax])
-                    for ax in (0, 1)])
-        prev = node.name
-    kernel, stride, padding = [], [], []
-    for ax in (0, 1):
-        k, s, p = geo[0][ax]
-        for e_j, s_j, p_j in (g[ax] for g in geo[1:]):
-            k += (e_j - 1) * s
-            p += p_j * s
-            s *= s_j
-        kernel.append(k)
-        stride.append(s)
-        padding.append(p)
-    centre = []
-    for ax in (0, 1):
-        size, n_out = in_shape[1 + ax], out_shape[1 + ax]
-        fits = [o for o in range(n_out)
-                if o * stride[ax] - padding[ax] >= 0 and o * stride[ax] - padding[ax] + kernel[ax] <= size]
-        if not fits:
-            return None
-        centre.append(fits[0])
-    c_in = in_shape[0]
-    ky, kx = kernel
-    y0, x0 = (centre[ax] * stride[ax] - padding[ax] for ax in (0, 1))
-    n = c_in * ky * kx
-    weight = np.zeros((out_shape[0], c_in, ky, kx), np.int64)
-    for start in range(0, n, 1024):
-        idx = np.arange(start, min(n, start + 1024))
-        c, r, q = np.unravel_index(idx, (c_in, ky, kx))
-        basis = torch.zeros((len(idx), *in_shape), dtype=torch.float64)
-        basis[torch.arange(len(idx)), torch.as_tensor(c), torch.as_tensor(y0 + r),
-              torch.as_tensor(x0 + q)] = 1.0
-        resp = f(basis)[:, :, centre[0], centre[1]]            # (probes, C_out)
-        weight[:, c, r, q] = np.rint(resp.numpy().T).astype(np.int64)
-    return {"type": "conv", "weight": weight, "stride": stride, "padding": padding,
-            "dilation": [1, 1], "groups": 1}
-
-
 def _synapse(graph: Graph, pop: Node, key: str, spatial: bool) -> dict:
     """The tree into ``pop`` as a NetX conv (when its input and output are maps and it is one)
-    or a dense matrix; every candidate is checked against the tree's own integer map."""
+    or a dense matrix; every candidate is checked against the tree's own integer map (a conv
+    on a crop whose borders behave as the map's, see mtdeploy.targets.loihi2.forms)."""
     in_shape = tuple(graph[key].shape)
-    f = _tree_map(graph, pop, key)
     body = [n for n in tree_nodes(graph, pop) if not is_alignment(n)]
-    if len(body) == 1:
-        syn = synapse_fields(body[0])
-        if syn and syn["type"] == "conv" and spatial and _conv_matches(syn, f, in_shape, pop.shape):
-            return syn
-        if syn and syn["type"] == "dense" and _dense_matches(syn["weight"], f, in_shape):
-            return syn
+    syn = synapse_fields(body[0]) if len(body) == 1 else None
     if spatial and len(pop.shape) == 3 and len(in_shape) == 3 and body:
-        syn = _composed_conv(body, key, f, in_shape, pop.shape)
-        if syn is not None and _conv_matches(syn, f, in_shape, pop.shape):
-            return syn
-    return {"type": "dense", "weight": _materialise(f, in_shape, pop.size)}
+        if syn and syn["type"] == "conv":
+            own = ConvForm(syn["weight"], tuple(syn["stride"]), tuple(syn["padding"]),
+                           int(syn["groups"]), in_shape, tuple(pop.shape), tuple(syn["dilation"]))
+            if conv_matches(graph, pop, key, own):
+                return syn
+        form = composed_conv(graph, pop, key)
+        if form is not None:
+            return {"type": "conv", "weight": form.weight, "stride": list(form.stride),
+                    "padding": list(form.padding), "dilation": list(form.dilation),
+                    "groups": form.groups}
+    if syn and syn["type"] == "dense" and _dense_matches(syn["weight"], graph, pop, key):
+        return syn
+
+    def tree(x: torch.Tensor) -> torch.Tensor:
+        return tree_int_forward(graph, pop.name, {key: x})
+
+    widest = max([pop.size] + [n.size for n in body])
+    m = probed_matrix(tree, in_shape, pop.size, widest)
+    return {"type": "dense", "weight": np.rint(m.toarray()).astype(np.int64)}
+
+
+def _dense_matches(weight: np.ndarray, graph: Graph, pop: Node, key: str) -> bool:
+    """``weight`` is the tree's map on random integers with no zero entry."""
+    rng = np.random.default_rng(12345)
+    shape = (3, *graph[key].shape)
+    x = torch.as_tensor(rng.integers(1, 1024, shape) * rng.choice([-1, 1], shape),
+                        dtype=torch.float64)
+    want = tree_int_forward(graph, pop.name, {key: x}).reshape(3, -1)
+    got = x.reshape(3, -1) @ torch.as_tensor(weight, dtype=torch.float64).T
+    return want.shape == got.shape and bool(torch.equal(want, got))
 
 
 def _bias_layout(bias: np.ndarray, syn_type: str, shape) -> np.ndarray:
@@ -184,7 +110,8 @@ def plan_netx(graph: Graph) -> StockPlan:
     spatial = len(inp.shape) == 3
     prev = inp
     for pop in pops[1:]:
-        block = _plan_block(graph, pop, prev, steps, spatial, plan)
+        # once a finding stops the plan, the rest only looks for findings: no synapse layers
+        block = _plan_block(graph, pop, prev, steps, spatial, plan, layers=not findings)
         if isinstance(block, Finding):
             findings.append(block)
         else:
@@ -213,9 +140,10 @@ def _chain_populations(graph: Graph) -> list[Node]:
 
 
 def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
-                plan: StockPlan) -> dict | Finding:
+                plan: StockPlan, layers: bool = True) -> dict | Finding:
     """Append the layers standing for ``pop`` to ``plan`` (a flatten first where a dense layer
-    reads a map); -> its record in the run, or the finding why it has no stock form."""
+    reads a map); -> its record in the run, or the finding why it has no stock form (with
+    ``layers`` False only that: nothing is appended)."""
     edges = incoming_edges(graph, pop)
     producers = sorted({e.producer for e in edges})
     if len(edges) != 1 or producers != [prev.name]:
@@ -229,6 +157,8 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
         neuron, bias, exact = neuron_group(pop, drive, steps)
     except InputError as exc:
         return Finding("structure", pop.label(), str(exc))
+    if not layers:
+        return {}
     key = edge.align or edge.producer
     syn = _synapse(graph, pop, key, spatial)
     if syn["type"] == "dense" and spatial:

@@ -1,0 +1,81 @@
+"""Small versions of the papers' block shapes on Lava (issue 14): each compiles, the compile
+report's structural Lava description is what a lowering builds, and the lowered network equals
+the reference simulator's fixed point bit for bit (outputs and every population's spikes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("lava")
+
+from mtdeploy.api import compile_model  # noqa: E402
+from mtdeploy.nn import QCFS  # noqa: E402
+from mtdeploy.sim.reference import simulate  # noqa: E402
+from mtdeploy.targets.loihi2.lava import describe_lava, lower_to_lava, network, run_lava  # noqa: E402
+
+from test_scale import DownBlock, GlobalPoolHead, compiled, vgg_like  # noqa: E402
+
+pytestmark = pytest.mark.lava
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leftover_processes():
+    before = network.child_pids()
+    yield
+    assert not network.child_pids() - before, "Lava left OS processes behind"
+
+
+def real_input_pool() -> nn.Sequential:
+    """The first layer reads the real-valued input through a pool: a composed kernel on
+    graded (input_bits-wide) messages."""
+    return nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3),
+                         QCFS(8, 1.0), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+
+
+BLOCKS = {
+    "downsample_shortcut": (DownBlock, (2, 9, 9)),
+    "global_pool_squeezed": (lambda: GlobalPoolHead("squeeze"), (1, 10, 10)),
+    "pool_conv_chain": (vgg_like, (2, 14, 14)),
+    "real_input_pool": (real_input_pool, (2, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+@pytest.mark.parametrize("alignment", ["avg-repeat", "ttm"])
+def test_structural_description_is_what_lowering_builds(block, alignment):
+    make, shape = BLOCKS[block]
+    graph = compiled(make(), shape, alignment)
+    assert describe_lava(graph) == lower_to_lava(graph).describe()
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_block_compiles_and_lava_equals_reference_bit_for_bit(block, tmp_path):
+    make, shape = BLOCKS[block]
+    torch.manual_seed(0)
+    build = compile_model(make().eval(), shape, out_dir=tmp_path / "build", input_max=1.0)
+    assert {"report.json", "report.md", "schedule.json"} <= set(build.files)
+    graph = build.graph
+    x = np.random.default_rng(0).uniform(0, 1, (2, *shape))
+    ref = simulate(graph, x, mode="fixed")
+    out, counts = run_lava(graph, x, fixed_point=True, record_counts=True, timeout_s=300)
+    assert np.array_equal(out, ref.output)
+    assert set(counts) == set(ref.counts)
+    for pop, c in counts.items():
+        assert np.array_equal(c, ref.counts[pop]), pop
+    assert sum(int(c.sum()) for c in counts.values()) > 0, "a silent network proves little"
+    synapses = {e["synapse"] for layer in build.report["lava"]["layers"] for e in layer["edges"]}
+    assert "Conv" in synapses
+
+
+def test_identity_shortcut_and_pool_conv_become_conv_processes():
+    graph = compiled(DownBlock(), (2, 9, 9))
+    desc = describe_lava(graph)
+    by_layer = {layer["name"]: layer for layer in desc["layers"]}
+    last_act = [name for name in by_layer if name != "readout"][-1]
+    assert [e["synapse"] for e in by_layer[last_act]["edges"]] == ["Conv", "Conv"]
+    vgg = describe_lava(compiled(vgg_like(), (2, 14, 14)))
+    synapses = [e["synapse"] for layer in vgg["layers"] for e in layer["edges"]]
+    # conv, pool -> conv, dilated conv; an overlapping pool sums taps beyond 8-bit mantissas
+    assert synapses[:3] == ["Conv"] * 3 and synapses[3] != "Conv"
