@@ -38,13 +38,14 @@ class EdgeInfo:
     method: str | None
     delay: int
     synapse: SynapseInfo
+    in_flight: int = 1      # samples the align process holds at once (pipelined runs)
 
     def describe(self) -> dict:
         s = self.synapse
         return {"from": self.producer, "align": self.align, "method": self.method,
                 "synapse": s.synapse, "processes": s.processes, "nnz": s.nnz,
                 "max_abs_weight": s.max_abs_weight, "weight_digits": s.digits,
-                "delay": self.delay}
+                "delay": self.delay, "samples_in_flight": self.in_flight}
 
 
 @dataclass
@@ -133,4 +134,5 @@ def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports:
     synapse = connect_synapses(build, pop, wire)
     processes[synapse.synapse] += synapse.processes
     method = build.graph[edge.align].attrs["method"] if edge.align else None
-    return EdgeInfo(edge.producer, edge.align, method, delay, synapse)
+    depth = int(stage.proc_params.get("depth", 1)) if stage is not None else 1
+    return EdgeInfo(edge.producer, edge.align, method, delay, synapse, depth)
