@@ -2,15 +2,17 @@
 a pair that must agree exactly does not."""
 from __future__ import annotations
 
+import numpy as np
+
 from mtdeploy.api import load_build
-from mtdeploy.io import load_samples
+from mtdeploy.cli.simulate import open_samples
 from mtdeploy.targets.loihi2.lava import first_divergence, format_ladder, ladder
 
 
 def run(a) -> int:
-    x, _ = load_samples(a.input)
+    x, _ = open_samples(a.input)
     graph = load_build(a.build)
-    rows = ladder(graph, x[: a.samples])
+    rows = ladder(graph, np.asarray(x[: a.samples], dtype=np.float64), device=a.device)
     n = min(len(x), a.samples)
     # ANN -> float SNN and fixed-point SNN -> Lava must agree exactly (avg-repeat); float ->
     # fixed differs by the quantization error, which is information, not a fault.
