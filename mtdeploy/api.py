@@ -21,6 +21,8 @@ from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 from mtdeploy.passes.convert import check_timestep_range
 from mtdeploy.report import build_report, report_markdown
+from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simulate_workers
+from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
@@ -155,26 +157,61 @@ def load_build(build_dir) -> Graph:
     return read_netx(path)
 
 
-def simulate_build(build_dir_or_graph, x: np.ndarray, backend: str = "reference",
-                   fixed_point: bool = False, seed: int | None = None, progress: bool = False,
+def _checked_samples(graph: Graph, x, labels):
+    """``x`` once its values and ``labels`` are usable for ``graph`` (InputError otherwise). A
+    memory-mapped ``x`` is checked a block at a time and stays a memory map, so a large file
+    never sits in memory whole."""
+    check = {"input_shape": graph.input.shape, "what": "input",
+             "classes": int(np.prod(graph[graph.output].shape))}
+    if not isinstance(x, np.memmap):
+        return check_samples(x, labels, **check)[0]
+    if labels is not None and len(labels) != len(x):
+        raise InputError(f"input: x has {len(x)} samples but y has {len(labels)}")
+    for start in range(0, max(len(x), 1), 8192):
+        check_samples(x[start:start + 8192],
+                      None if labels is None else labels[start:start + 8192], **check)
+    return x
+
+
+def simulate_build(build_dir_or_graph, x, backend: str = "reference",
+                   fixed_point: bool = False, seed: int | None = None, progress=None, *,
+                   device: str = "cpu", workers: int = 1, batch_size: int | None = None,
+                   memory_budget: int = DEFAULT_MEMORY_BUDGET, keep_counts: bool = True,
+                   out=None, pipeline: bool = True, precision: str = "float64",
                    labels: np.ndarray | None = None):
     """Outputs (N, classes) in ANN units, plus the SimResult for the reference backend.
 
-    ``labels`` (N,), when the caller will score the outputs, are checked to be class indices
-    of this network before anything runs.
+    ``x`` may be a memory map (read a batch at a time); ``out`` an array to fill (a memory-mapped
+    file). ``workers`` > 1 runs the reference on that many processes; inside a torch.distributed
+    group (torchrun) every rank takes part and only rank 0 gets results: the others get
+    ``(None, None)``. ``progress(done, total)`` is called after every batch. ``precision``:
+    the reference's float mode in float64 (the ANN's values) or float32 (faster). ``pipeline``
+    lets a Lava run start a sample every pipelined interval. ``labels`` (N,), when the caller
+    will score the outputs, are checked to be class indices of this network before anything
+    runs.
     """
     graph = build_dir_or_graph if isinstance(build_dir_or_graph, Graph) \
         else load_build(build_dir_or_graph)
-    x, _ = check_samples(x, labels, input_shape=graph.input.shape,
-                         classes=int(np.prod(graph[graph.output].shape)), what="input")
+    x = _checked_samples(graph, x, labels)
     if seed is not None:
         integer("seed", seed, 0, SEED_MAX)
     if backend == "reference":
-        result = simulate(graph, x, mode="fixed" if fixed_point else "float", seed=seed,
-                          progress=progress)
-        return result.output, result
+        mode = "fixed" if fixed_point else "float"
+        options = {"batch_size": batch_size, "progress": progress, "device": device,
+                   "memory_budget": memory_budget, "keep_counts": keep_counts, "out": out,
+                   "precision": precision}
+        if workers > 1:
+            result = simulate_workers(graph, x, workers, mode, seed, **options)
+        elif in_process_group():
+            result = simulate_distributed(graph, x, mode, seed, **options)
+        else:
+            result = simulate(graph, x, mode, seed, **options)
+        return (None, None) if result is None else (result.output, result)
     if backend == "lava":
+        if str(device) != "cpu" or workers > 1:
+            raise InputError("device, workers: the Lava backend runs Lava's CPU simulator in one "
+                             "process")
         from mtdeploy.targets.loihi2.lava import run_lava   # Lava is optional: load it on use
 
-        return run_lava(graph, x, fixed_point=fixed_point, seed=seed), None
+        return run_lava(graph, x, fixed_point=fixed_point, seed=seed, pipeline=pipeline), None
     raise InputError(f"backend must be 'reference' or 'lava', got {backend!r}")

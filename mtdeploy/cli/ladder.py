@@ -2,18 +2,22 @@
 a pair that must agree exactly does not."""
 from __future__ import annotations
 
+import numpy as np
+
 from mtdeploy.api import load_build
-from mtdeploy.io import check_samples, load_samples
+from mtdeploy.cli.simulate import open_samples
+from mtdeploy.io import check_samples
 from mtdeploy.targets.loihi2.lava import first_divergence, format_ladder, ladder
 from mtdeploy.validate import integer
 
 
 def run(a) -> int:
     samples = integer("samples", a.samples, 1)
-    x, _ = load_samples(a.input)
+    x, _ = open_samples(a.input)
     graph = load_build(a.build)
-    x, _ = check_samples(x[:samples], input_shape=graph.input.shape, what=str(a.input))
-    rows = ladder(graph, x)
+    x, _ = check_samples(np.asarray(x[:samples]), input_shape=graph.input.shape,
+                         what=str(a.input))
+    rows = ladder(graph, x, device=a.device)
     n = len(x)
     # ANN -> float SNN and fixed-point SNN -> Lava must agree exactly (avg-repeat); float ->
     # fixed differs by the quantization error, which is information, not a fault.

@@ -23,8 +23,11 @@ OPTIONS = {
                 "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
                 "weight_bits": "--weight-bits"},
     "check": {"timesteps": "--timesteps"},
-    "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input"},
-    "ladder": {"samples": "-n", "input": "--input"},
+    "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input",
+                 "device": "--device", "workers": "--workers",
+                 "memory_budget": "--memory-budget", "batch_size": "--batch-size",
+                 "precision": "--float32"},
+    "ladder": {"samples": "-n", "input": "--input", "device": "--device"},
     "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
                "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed"},
 }
@@ -109,12 +112,52 @@ def _add_simulate(sub) -> None:
     s = sub.add_parser("simulate", help="run a build on inputs")
     s.add_argument("build", type=path, help=BUILD_HELP)
     s.add_argument("--input", type=path, required=True,
-                   help="X.npy (N, *input_shape) or a labelled .npz (x, y)")
+                   help="X.npy (N, *input_shape; memory-mapped, read a batch at a time) or a "
+                   "labelled .npz (x, y)")
     s.add_argument("--backend", default="reference", choices=["reference", "lava"])
     s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
+    s.add_argument("--float32", dest="precision", action="store_const", const="float32",
+                   default="float64", help="reference float mode in float32: faster, rounded "
+                   "as a float32 network (default float64: the ANN's values)")
     s.add_argument("--seed", type=seed, help="TPP seed (default: the build's)")
-    s.add_argument("-o", "--output", type=path,
-                   help="write the outputs (N, classes) to this .npy")
+    s.add_argument("-o", "--output", type=path, help="write the outputs (N, classes) to this .npy (written "
+                   "as the batches finish, renamed into place at the end)")
+    _add_device(s)
+    s.add_argument("--workers", type=_positive, default=1,
+                   help="reference backend: simulate on N processes of this machine (gloo); the "
+                   "outputs equal one process's (or start under torchrun --nproc-per-node N)")
+    s.add_argument("--memory-budget", type=_byte_size, default="1G",
+                   help="reference backend: bytes of tensors one batch may hold, which sizes the "
+                   "batches (e.g. 512M, 2G; default 1G)")
+    s.add_argument("--batch-size", type=_positive, help="samples per batch (default: what fits "
+                   "--memory-budget)")
+    s.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="Lava backend: one sample per full latency instead of one per pipelined "
+                   "interval")
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", default="cpu", help="torch device of the reference simulator: "
+                   "cpu (default) or cuda")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    """``--memory-budget``: bytes, or a number with K, M, G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) * units[match.group(2).upper()] < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
+    return int(float(match.group(1)) * units[match.group(2).upper()])
 
 
 def _add_ladder(sub) -> None:
@@ -124,6 +167,7 @@ def _add_ladder(sub) -> None:
     la.add_argument("--input", type=path, required=True, help="X.npy or a labelled .npz (a few samples: "
                     "Lava's CPU simulator is slow)")
     la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
+    _add_device(la)
 
 
 def _add_search(sub) -> None:

@@ -58,6 +58,18 @@ class AlignKind(NodeKind):
     description = ("temporal alignment between a producer with t_in steps and a consumer with "
                    "t_out steps (avg-repeat, ttm); the identity on rates")
 
+    def reads_steps(self, node) -> bool:
+        """Whether :meth:`resample` needs the producer's steps; avg-repeat needs only their
+        sum (:meth:`repeat_total`), so a simulator may skip keeping the steps."""
+        return node.attrs["method"] != "avg-repeat"
+
+    def repeat_total(self, node, total: torch.Tensor, fixed_point: bool) -> torch.Tensor:
+        """avg-repeat from the sum of the producer's steps (N, ...): the mean (float) or the
+        sum (fixed point) on each of the t_out steps, as a broadcast view (stride 0 in time),
+        so the projection after it can run once, not t_out times (see sim.reference)."""
+        acc = total if fixed_point else total / node.attrs["t_in"]
+        return acc.unsqueeze(0).expand(node.attrs["t_out"], *acc.shape)
+
     def resample(self, node, x: torch.Tensor, fixed_point: bool) -> torch.Tensor:
         """Time-major (t_in, N, ...) -> (t_out, N, ...)."""
         a = node.attrs
@@ -65,10 +77,7 @@ class AlignKind(NodeKind):
         if x.shape[0] != t_in:
             raise ValueError(f"{node.name}: expected {t_in} input steps, got {x.shape[0]}")
         if method == "avg-repeat":
-            # The same current on every step: a broadcast view (stride 0 in time), so the
-            # projection after it can run once, not t_out times (see sim.reference).
-            acc = x.sum(0) if fixed_point else x.mean(0)
-            return acc.unsqueeze(0).expand(t_out, *acc.shape)
+            return self.repeat_total(node, x.sum(0), fixed_point)
         if method != "ttm":
             raise InputError(f"{node.label()}: unknown alignment method {method!r}")
         if t_in == t_out:
@@ -77,6 +86,8 @@ class AlignKind(NodeKind):
             b = ttm_boundaries(t_in, t_out)
             out = torch.stack([x[b[k]:b[k + 1]].sum(0) for k in range(t_out)])
             return out if fixed_point else out * (t_out / t_in)
+        if t_in == 1:   # one step repeated: a broadcast view, like avg-repeat's
+            return x.expand(t_out, *x.shape[1:])
         b = ttm_boundaries(t_out, t_in)   # up-sample: replicate each step over its group
         index = torch.tensor([k for k in range(t_in) for _ in range(b[k + 1] - b[k])],
                              device=x.device)

@@ -9,6 +9,8 @@ path serves both modes.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -33,17 +35,80 @@ def threshold_of(node, fixed_point: bool) -> float:
 
 
 # ---- neuron models of a qcfs population ---------------------------------------------------
+#: Neurons stepped together on the CPU: one chunk's membrane, current and spikes stay in cache
+#: over all T steps, so the loop costs a few cache-resident passes per step instead of
+#: memory-bound ones.
+CHUNK = 1 << 16
+
+
+def over_chunks(m: int, like: torch.Tensor, work) -> None:
+    """``work(i, j, mem, scratch)`` over [0, m) in CHUNK pieces, with two scratch tensors of
+    ``like``'s type per thread. Each op runs single-threaded and the chunks are shared by as
+    many Python threads as torch has intra-op threads: ops this small lose most of their time
+    in intra-op barriers on a busy machine, chunks on their own threads wait for nobody. Off
+    the CPU the whole range is one chunk (a device wants few large kernels)."""
+    if like.device.type != "cpu":
+        work(0, m, torch.empty(m, dtype=like.dtype, device=like.device),
+             torch.empty(m, dtype=like.dtype, device=like.device))
+        return
+    spans = [(i, min(i + CHUNK, m)) for i in range(0, m, CHUNK)]
+    threads = max(1, min(torch.get_num_threads(), len(spans)))
+    size = min(m, CHUNK)
+
+    def worker(k: int) -> None:
+        mem, scratch = torch.empty(size, dtype=like.dtype), torch.empty(size, dtype=like.dtype)
+        for i, j in spans[k::threads]:
+            work(i, j, mem, scratch)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads == 1:
+            worker(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(worker, range(threads)))
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Spikes:
+    """A population's output: per step ``(T, N, ...)`` in the mode's units (th * spikes in
+    float, spikes in fixed point), None when only the totals were asked for; the spike count
+    per neuron ``(N, ...)``; and ``unit``, the value of one spike (so a step sum is
+    ``count * unit``, exactly)."""
+
+    steps: torch.Tensor | None
+    count: torch.Tensor
+    unit: float
+
+
 class NeuronModel:
     name: ClassVar[str]
     description: ClassVar[str]
     window_factor: ClassVar[int] = 1      # the window is window_factor * T steps
 
-    def simulate(self, node, current: torch.Tensor, fixed_point: bool, ctx) -> torch.Tensor:
+    def run(self, node, current: torch.Tensor, fixed_point: bool, ctx,
+            steps: bool = True) -> Spikes:
+        """The dynamics over time-major ``current`` (T, N, ...); ``steps=False`` when the
+        caller needs only the counts (an avg-repeat consumer), which saves the T-step output."""
         raise NotImplementedError
+
+    def simulate(self, node, current: torch.Tensor, fixed_point: bool, ctx) -> torch.Tensor:
+        return self.run(node, current, fixed_point, ctx).steps
 
     def closed_form(self, node, current_int: torch.Tensor) -> torch.Tensor:
         raise InputError(f"{node.label()}: {self.name} neurons have no closed form; the equally "
                          "quantized ANN exists only for IF neurons")
+
+
+def _flat_steps(current: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(steps, m) view of a time-major current, and whether it is steady: a stride-0 current
+    (avg-repeat) is its one step, read on every step."""
+    if current.shape[0] > 1 and current.stride(0) == 0:
+        return current[0].reshape(1, -1), True
+    return current.reshape(current.shape[0], -1), current.shape[0] == 1
 
 
 class IntegrateAndFire(NeuronModel):
@@ -53,32 +118,47 @@ class IntegrateAndFire(NeuronModel):
     name = "if"
     description = "integrate-and-fire, reset by subtraction (QCFS's exact SNN form)"
 
-    def simulate(self, node, current, fixed_point, ctx):
+    def run(self, node, current, fixed_point, ctx, steps=True):
         th = threshold_of(node, fixed_point)
         v0 = float(node.attrs["v_init_int"]) if fixed_point else node.attrs.get("v_init", 0.5) * th
-        steps = current.shape[0]
-        v = torch.full(current.shape[1:], v0, dtype=current.dtype, device=current.device)
-        out = torch.empty(current.shape, dtype=current.dtype, device=current.device)
-        # A steady current (stride 0 in time) is one tensor read every step.
-        constant = current[0] if steps > 1 and current.stride(0) == 0 else None
-        # The 24-bit state cannot leave its range when |v0| + T max|I| + th stays inside it:
-        # then the clamp is the identity and is skipped (checked, not assumed).
-        peak = float((constant if constant is not None else current).abs().max()) \
-            if current.numel() else 0.0
-        clamp = fixed_point and peak * steps + abs(v0) + th > STATE_MAX
-        for t in range(steps):
-            v.add_(current[t] if constant is None else constant)
-            spikes = torch.ge(v, th, out=out[t])
-            v.sub_(spikes, alpha=th)
-            if clamp:
-                v.clamp_(STATE_MIN, STATE_MAX)
-        return out if fixed_point else out.mul_(th)
+        t_steps, shape = current.shape[0], current.shape[1:]
+        flat, steady = _flat_steps(current)
+        like = {"dtype": current.dtype, "device": current.device}
+        count = torch.zeros(flat.shape[1], **like)
+        out = torch.empty((t_steps, flat.shape[1]), **like) if steps else None
+
+        def step_chunk(i: int, j: int, mem: torch.Tensor, scratch: torch.Tensor) -> None:
+            chunk, cnt = flat[:, i:j], count[i:j]
+            mem = mem[:j - i].fill_(v0)
+            clamp = fixed_point and _may_saturate(chunk, t_steps, v0, th)
+            for t in range(t_steps):
+                mem.add_(chunk[0 if steady else t])
+                spikes = torch.ge(mem, th, out=scratch[:j - i] if out is None else out[t, i:j])
+                mem.sub_(spikes, alpha=th)
+                if clamp:
+                    mem.clamp_(STATE_MIN, STATE_MAX)
+                cnt.add_(spikes)
+
+        over_chunks(flat.shape[1], current, step_chunk)
+        if out is not None and not fixed_point:
+            out.mul_(th)
+        return Spikes(None if out is None else out.reshape(t_steps, *shape),
+                      count.reshape(shape), 1.0 if fixed_point else th)
 
     def closed_form(self, node, current_int):
         """Spikes under a constant integer current for T steps: clip(floor((T I + v0)/th), 0, T)."""
         th = float(node.attrs["threshold_int"])
         t = node.T
         return torch.clamp(torch.floor((t * current_int + node.attrs["v_init_int"]) / th), 0, t)
+
+
+def _may_saturate(chunk: torch.Tensor, t_steps: int, v0: float, th: float) -> bool:
+    """Whether the 24-bit state can leave its range: not when |v0| + T max|I| + th stays
+    inside it, and then the clamp is the identity and is skipped (checked, not assumed)."""
+    if not chunk.numel():
+        return False
+    low, high = torch.aminmax(chunk)
+    return max(-float(low), float(high)) * t_steps + abs(v0) + th > STATE_MAX
 
 
 class TwoPhaseProbabilistic(NeuronModel):
@@ -91,7 +171,9 @@ class TwoPhaseProbabilistic(NeuronModel):
     description = "two-phase probabilistic (accumulate T steps, then fire T steps)"
     window_factor = 2
 
-    def simulate(self, node, current, fixed_point, ctx):
+    def run(self, node, current, fixed_point, ctx, steps=True):
+        # float64 throughout: the fixed-point test r (T-k+1) th < v 2^24 outgrows 24 bits.
+        current = current.to(torch.float64)
         th = threshold_of(node, fixed_point)
         t_steps = current.shape[0]
         v = current.sum(0)
@@ -100,7 +182,7 @@ class TwoPhaseProbabilistic(NeuronModel):
         out = torch.empty_like(current)
         for k in range(1, t_steps + 1):
             r = torch.from_numpy(rng.uniform_int(ctx["seed"], node.name, samples, k, neuron[None, :])
-                                 ).reshape(v.shape).to(current.dtype).to(current.device)
+                                 ).reshape(v.shape).to(current.device, current.dtype)
             remaining = t_steps - k + 1
             if fixed_point:
                 s = (r * (remaining * th) < v * float(2 ** rng.UNIFORM_BITS)).to(current.dtype)
@@ -108,8 +190,12 @@ class TwoPhaseProbabilistic(NeuronModel):
                 p = torch.clamp(v / (th * remaining), 0.0, 1.0)
                 s = (r / float(2 ** rng.UNIFORM_BITS) < p).to(current.dtype)
             v = v - th * s
-            out[k - 1] = s if fixed_point else s * th
-        return out
+            out[k - 1] = s
+        count = out.sum(0)
+        unit = 1.0 if fixed_point else th
+        if not fixed_point:
+            out.mul_(th)
+        return Spikes(out if steps else None, count, unit)
 
 
 NEURONS: dict[str, NeuronModel] = {m.name: m for m in (IntegrateAndFire(), TwoPhaseProbabilistic())}
@@ -159,6 +245,10 @@ class QCFSKind(NodeKind):
 
     def simulate(self, node, current, fixed_point, ctx):
         return neuron_of(node).simulate(node, current, fixed_point, ctx)
+
+    def run(self, node, current, fixed_point, ctx, steps=True) -> Spikes:
+        """:meth:`simulate` with the spike counts, the per-step output only if ``steps``."""
+        return neuron_of(node).run(node, current, fixed_point, ctx, steps)
 
     def closed_form(self, node, current_int):
         return neuron_of(node).closed_form(node, current_int)
@@ -216,8 +306,13 @@ class ReadoutKind(NodeKind):
         return x                     # the ANN view: the logits themselves
 
     def simulate(self, node, current, fixed_point, ctx):
-        """Mean current over the window, in the ANN's units: shape (1, N, ...)."""
-        mean = current.sum(0) / current.shape[0]
+        """Mean current over the window, in the ANN's units: shape (1, N, ...). Summed in
+        float64 (a fixed-point current may arrive as exact float32 integers); a steady current
+        (stride 0 in time) is its own mean."""
+        if current.shape[0] > 1 and current.stride(0) == 0:
+            mean = current[0].to(torch.float64)
+        else:
+            mean = current.to(torch.float64).sum(0) / current.shape[0]
         if fixed_point:
             mean = mean * 2.0 ** -node.attrs["exp"]
         return mean.unsqueeze(0)
@@ -241,6 +336,7 @@ class CubaKind(NodeKind):
         (bias << 6), clipped to +-(2^23 - 1); spike when v > vThMant << 6, then v = 0.
         ``current`` is the synaptic input a (T, N, ...); returns spikes (T, N, ...).
         """
+        current = current.to(torch.float64)     # the 2^6-scaled state outgrows float32
         a = node.attrs
         keep_u, keep_v = DECAY_UNITY - int(a["iDecay"]), DECAY_UNITY - int(a["vDecay"])
         scale = float(2 ** ACT_SHIFT)

@@ -3,20 +3,33 @@
 Float mode follows docs/semantics.md §2, fixed-point mode §3 (bit-exact with the Lava
 ``fixed_pt`` models). ``mode="ann-int"`` evaluates the equally quantized ANN (closed form per
 population), the oracle that fixed-point avg-repeat simulation must equal.
+
+Where the time goes: an avg-repeat current is one tensor over the window (a stride-0 view), so
+each projection runs once per layer per batch; streamed currents run all T x N rows in one
+call; the neurons step their T steps in cache-sized chunks (:mod:`mtdeploy.kinds.neurons`), and
+a population whose consumers all average hands on only its spike counts. SynOps are the counts
+times precomputed fan-outs (:mod:`.plan`). Batches are sized against a memory budget, and
+outputs can go straight into a caller's array (a memory-mapped file), so memory does not grow
+with the number of samples.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.snn import tree_nodes
 from mtdeploy.kinds import kind_of
-from mtdeploy.ir.snn import is_alignment, is_source, tree_nodes
+from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET, PRECISIONS, Plan, make_plan
 
 MODES = ("float", "fixed", "ann-int")
+
+#: progress(samples done, samples in all): called after every batch
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -25,6 +38,8 @@ class SimResult:
     counts: dict[str, np.ndarray] = field(default_factory=dict)   # population -> (N, *shape)
     synops: dict[str, float] = field(default_factory=dict)        # population -> events, whole batch
     input_clipped: int = 0                               # inputs saturated by fixed-point range
+    spikes: dict[str, float] = field(default_factory=dict)        # population -> spikes, all samples
+    batch_size: int = 0
 
     @property
     def total_synops(self) -> float:
@@ -73,114 +88,219 @@ def _linear(node: Node, xs: list[torch.Tensor], fixed: bool) -> torch.Tensor:
     return per_step(lambda *v: forward(node, *v), xs)
 
 
-def _indicator_events(graph: Graph, pop: Node, counts: dict[str, torch.Tensor]) -> float:
-    """SynOps into ``pop``: each producer spike times its fan-out through the projection tree."""
-    values: dict[str, torch.Tensor] = {}
-    total = 0.0
-    for node in tree_nodes(graph, pop):
-        if is_alignment(node):
-            src = graph[node.inputs[0]]
-            if is_source(src):
-                return 0.0  # analog input: MACs, not synaptic events
-            values[node.name] = counts[src.name]
-            continue
-        xs = [values.get(i, counts.get(i)) for i in node.inputs]
-        if any(x is None for x in xs):
-            return 0.0
-        if kind_of(node).weighted:
-            # Same op with every nonzero weight set to 1: its output sums count events.
-            indicator = Node(node.name, node.kind, node.inputs, node.attrs,
-                             {"weight_int": (node.params["weight"] != 0).astype(np.float64)})
-            y = kind_of(node).forward_int(indicator, *xs)
-            total += float(y.sum())
-            values[node.name] = y
-        else:
-            values[node.name] = kind_of(node).forward_int(node, *xs)
-    return total
+@dataclass
+class BatchResult:
+    """One batch: outputs (n, classes) float64, per-sample spike counts (only when kept), and
+    the batch's SynOps and spikes per population."""
+
+    start: int
+    output: torch.Tensor
+    counts: dict[str, torch.Tensor]
+    synops: dict[str, float]
+    spikes: dict[str, float]
+    clipped: int
 
 
-def _run_batch(graph: Graph, x: torch.Tensor, mode: str, seed: int, sample_ids: np.ndarray,
-               record: bool) -> tuple[torch.Tensor, dict, dict, int]:
-    fixed = mode != "float"
-    values: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    synops: dict[str, float] = {}
-    clipped = 0
-    ctx = {"seed": seed, "sample_ids": sample_ids}
-    for node in graph:
-        kind = kind_of(node)
-        if kind.role == "source":
-            xin = x
-            if fixed:
-                xin, clipped = quantize_input(graph, x)
-            values[node.name] = xin.unsqueeze(0)
-            continue
-        xs = [values[i] for i in node.inputs]
-        if kind.role == "timing":
-            values[node.name] = kind.closed_form_input(node, xs[0]) if mode == "ann-int" \
-                else kind.resample(node, xs[0], fixed)
-            continue
-        xs = _apply_gains(node, xs, fixed)
-        if kind.role == "linear":
-            values[node.name] = _linear(node, xs, fixed)
-            continue
-        current = xs[0]
-        if fixed:
-            bias = torch.as_tensor(node.params["bias_int"], dtype=current.dtype)
+class _Batch:
+    """One batch moving through the graph; each value is freed after its last reader."""
+
+    def __init__(self, plan: Plan, seed: int, start: int, n: int, record: bool):
+        self.plan, self.record = plan, record
+        self.ctx = {"seed": seed, "sample_ids": np.arange(start, start + n)}
+        self.values: dict[str, torch.Tensor] = {}
+        self.totals: dict[str, torch.Tensor] = {}     # population -> its output summed over steps
+        self.counts: dict[str, torch.Tensor] = {}
+        self.synops: dict[str, float] = {}
+        self.clipped = 0
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        for index, node in enumerate(plan.graph):
+            kind = kind_of(node)
+            if kind.role == "source":
+                x, self.clipped = quantize_input(plan.graph, x) if plan.fixed else (x, 0)
+                self.values[node.name], self.totals[node.name] = x.unsqueeze(0), x
+            elif kind.role == "timing":
+                self.values[node.name] = self._align(node, kind)
+            elif kind.role == "linear":
+                xs = [self.values[i].to(plan.dtypes[node.name]) for i in node.inputs]
+                y = _linear(node, _apply_gains(node, xs, plan.fixed), plan.fixed)
+                self.values[node.name] = torch.round(y) if plan.round_currents else y
+            else:
+                self._population(node, kind)
+            for name in node.inputs:
+                if plan.last_use.get(name) == index:
+                    self.values.pop(name, None)
+                    self.totals.pop(name, None)
+        return self.values[plan.graph.output][0].to(torch.float64)
+
+    def _align(self, node: Node, kind) -> torch.Tensor:
+        src, dtype, fixed = node.inputs[0], self.plan.dtypes[node.name], self.plan.fixed
+        if self.plan.mode == "ann-int":
+            return kind.closed_form_input(node, self.values[src])
+        if kind.reads_steps(node):
+            return kind.resample(node, self.values[src].to(dtype), fixed)
+        return kind.repeat_total(node, self.totals[src].to(dtype), fixed)
+
+    def _population(self, node: Node, kind) -> None:
+        plan = self.plan
+        current = _apply_gains(node, [self.values[node.inputs[0]]], plan.fixed)[0]
+        if plan.fixed:
+            bias = torch.as_tensor(node.params["bias_int"], dtype=current.dtype,
+                                   device=current.device)
             current = per_step(lambda v: v + bias, [current])
-        if mode == "ann-int":
+        if plan.mode == "ann-int":
             if current.shape[0] != 1:
                 raise InputError(f"{node.name}: the equally quantized ANN exists only with "
                                  "avg-repeat alignment on every edge")
             out = kind.closed_form(node, current[0]).unsqueeze(0)
+            self.values[node.name], self.totals[node.name] = out, out[0]
+            count = out[0]
+        elif hasattr(kind, "run"):      # a spiking kind that can skip its per-step output
+            spikes = kind.run(node, current, plan.fixed, self.ctx, plan.keep_steps[node.name])
+            if spikes.steps is not None:
+                self.values[node.name] = spikes.steps
+            self.totals[node.name] = spikes.count * spikes.unit if spikes.unit != 1.0 \
+                else spikes.count
+            count = spikes.count
         else:
-            out = kind.simulate(node, current, fixed, ctx)
-        values[node.name] = out
-        if node.name != graph.output:
-            total = out.sum(0)
-            if not fixed and "threshold" in node.params:   # float outputs are th * spikes
-                total = torch.round(total / float(node.params["threshold"]))
-            counts[node.name] = total
-            if record and mode != "ann-int":
-                synops[node.name] = _indicator_events(graph, node, counts)
-    if record and mode != "ann-int":
-        synops[graph.output] = _indicator_events(graph, graph[graph.output], counts)
-    return values[graph.output][0], counts, synops, clipped
+            out = kind.simulate(node, current, plan.fixed, self.ctx)
+            self.values[node.name], self.totals[node.name] = out, out.sum(0)
+            count = self.totals[node.name]
+            if not plan.fixed and "threshold" in node.params:   # float outputs are th * spikes
+                count = torch.round(count / float(node.params["threshold"]))
+        if node.name != plan.graph.output and self.record:
+            self.counts[node.name] = count
+        if self.record and plan.mode != "ann-int":
+            self.synops[node.name] = sum(
+                float(torch.matmul(self.counts[p].reshape(count.shape[0], -1).to(torch.float64),
+                                   f.reshape(-1).to(count.device)).sum())
+                for p, f in plan.fanout.get(node.name, []))
 
 
-def simulate(graph: Graph, x, mode: str = "float", seed: int | None = None,
-             batch_size: int = 512, record: bool = True, progress: bool = False) -> SimResult:
-    """Run ``x`` (N, *input_shape) through a converted graph (quantized for fixed/ann-int)."""
+def run_batches(plan: Plan, x, spans: Iterable[tuple[int, int]], seed: int,
+                record: bool = True) -> Iterator[BatchResult]:
+    """Simulate ``x[start:stop]`` for each span; ``x`` is anything sliceable into (n, *shape)
+    arrays (a memory-mapped ``.npy`` included), read one batch at a time."""
+    with torch.no_grad():
+        for start, stop in spans:
+            xb = x[start:stop]
+            xb = xb.to(plan.device, torch.float64) if isinstance(xb, torch.Tensor) else \
+                torch.from_numpy(np.array(xb, dtype=np.float64)).to(plan.device)
+            batch = _Batch(plan, seed, start, stop - start, record)
+            out = batch.run(xb)
+            spikes = {k: float(v.sum()) for k, v in batch.counts.items()}
+            yield BatchResult(start, out, batch.counts, batch.synops, spikes, batch.clipped)
+
+
+def spans(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """Batch ``rank``'s share of [0, n): batches rank, rank + world, ... of ``batch_size``
+    samples, so every process runs exactly the batches a single process would."""
+    return [(s, min(s + batch_size, n)) for s in range(rank * batch_size, n, world * batch_size)]
+
+
+@dataclass
+class Setup:
+    """A checked run: its inputs (sliceable, e.g. a memory map), plan, seed and batch size."""
+
+    x: object
+    plan: Plan
+    seed: int
+    n: int
+    batch_size: int
+
+
+def prepare(graph: Graph, x, mode: str, seed: int | None = None, record: bool = True,
+            device: str | torch.device = "cpu", precision: str = "float64",
+            memory_budget: int = DEFAULT_MEMORY_BUDGET, batch_size: int | None = None) -> Setup:
+    """Check the mode, graph, inputs and device, and plan the run (the batch size from
+    ``memory_budget`` unless given): the same for every process of a distributed run."""
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not graph.meta.get("converted"):
         raise InputError("simulate needs a converted graph (mtdeploy.passes.convert)")
     if mode != "float" and not graph.meta.get("quantized"):
         raise InputError("fixed-point simulation needs a quantized graph (mtdeploy.passes.quantize)")
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    x = x if hasattr(x, "shape") else np.asarray(x)
     want = tuple(graph.input.shape)
-    if tuple(x.shape[1:]) != want:
+    if len(x.shape) < 1 or tuple(x.shape[1:]) != want:
         raise InputError(f"input has shape {tuple(x.shape)}; the model takes (N, {', '.join(map(str, want))})")
-    seed = graph.meta.get("seed", 0) if seed is None else seed
-    outs, all_counts, all_synops, clipped = [], {}, {}, 0
-    starts = range(0, x.shape[0], batch_size)
-    if progress:
-        from tqdm import tqdm
+    plan = make_plan(graph, mode, resolve_device(device), record, precision)
+    n = int(x.shape[0])
+    return Setup(x, plan, int(graph.meta.get("seed", 0) if seed is None else seed), n,
+                 int(batch_size or plan.batch_size(memory_budget, n)))
 
-        starts = tqdm(starts, desc=f"simulate ({mode})", unit="batch", leave=False)
-    with torch.no_grad():
-        for start in starts:
-            xb = x[start:start + batch_size]
-            ids = np.arange(start, start + xb.shape[0])
-            out, counts, synops, c = _run_batch(graph, xb, mode, seed, ids, record)
-            outs.append(out)
-            clipped += c
-            for k, v in counts.items():
-                all_counts.setdefault(k, []).append(v)
-            for k, v in synops.items():
-                all_synops[k] = all_synops.get(k, 0.0) + v
-    return SimResult(torch.cat(outs).numpy(), {k: torch.cat(v).numpy() for k, v in all_counts.items()},
-                     all_synops, clipped)
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device called ``name``; an InputError (exit 2) when there is no such device
+    here, before any work starts."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device must be cpu or cuda[:index], got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r}: torch sees no CUDA device on this machine "
+                             "(use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    elif device.type != "cpu":
+        raise InputError(f"device must be cpu or cuda[:index], got {name!r}")
+    return device
+
+
+class Collector:
+    """Gathers batch results into a SimResult: outputs into ``out`` (an array, e.g. a memory
+    map), totals always, per-sample counts only with ``keep_counts``."""
+
+    def __init__(self, graph: Graph, n: int, out=None, keep_counts: bool = True):
+        self.graph, self.n, self.keep_counts = graph, n, keep_counts
+        shape = (n, *graph[graph.output].shape)
+        self.result = SimResult(np.empty(shape) if out is None else out)
+        if self.result.output.shape != shape:
+            raise InputError(f"output array has shape {self.result.output.shape}, expected {shape}")
+
+    def add(self, b: BatchResult) -> None:
+        res = self.result
+        stop = b.start + b.output.shape[0]
+        res.output[b.start:stop] = b.output.cpu().numpy()
+        res.input_clipped += b.clipped
+        for name, value in b.synops.items():
+            res.synops[name] = res.synops.get(name, 0.0) + value
+        for name, value in b.spikes.items():
+            res.spikes[name] = res.spikes.get(name, 0.0) + value
+        if self.keep_counts:
+            for name, c in b.counts.items():
+                if name not in res.counts:
+                    res.counts[name] = np.zeros((self.n, *c.shape[1:]))
+                res.counts[name][b.start:stop] = c.cpu().numpy()
+
+
+def simulate(graph: Graph, x, mode: str = "float", seed: int | None = None,
+             batch_size: int | None = None, record: bool = True, progress: Progress | None = None,
+             *, device: str | torch.device = "cpu", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+             keep_counts: bool = True, out=None, precision: str = "float64") -> SimResult:
+    """Run ``x`` (N, *input_shape) through a converted graph (quantized for fixed/ann-int).
+
+    ``batch_size`` defaults to what fits ``memory_budget`` bytes (:meth:`Plan.batch_size`).
+    ``x`` may be a memory-mapped array: it is read one batch at a time. ``out`` receives the
+    outputs (e.g. a memory-mapped file) instead of a new array. ``keep_counts=False`` keeps only
+    the spike totals per population (``SimResult.spikes``), not every sample's counts.
+    ``device`` is where the tensors live ("cpu", "cuda"); fixed point stays exact there
+    (every projection's sum is rounded off the CPU). ``precision="float32"`` runs float mode
+    in float32 (faster; no longer the float64 ANN's values to the bit).
+    """
+    run = prepare(graph, x, mode, seed, record, device, precision, memory_budget, batch_size)
+    collect = Collector(graph, run.n, out, keep_counts and record)
+    collect.result.batch_size = run.batch_size
+    for b in run_batches(run.plan, run.x, spans(run.n, run.batch_size), run.seed, record):
+        collect.add(b)
+        if progress is not None:
+            progress(b.start + b.output.shape[0], run.n)
+    return collect.result
 
 
 def tree_int_forward(graph: Graph, pop_name: str, edge_inputs: dict[str, torch.Tensor]) -> torch.Tensor:

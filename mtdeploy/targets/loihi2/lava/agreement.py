@@ -12,7 +12,7 @@ import numpy as np
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.snn import is_readout, is_source, populations
 from mtdeploy.sim.ann import ann_forward
-from mtdeploy.sim.reference import simulate
+from mtdeploy.sim.reference import resolve_device, simulate
 
 PAIRS = (("ann", "float"), ("float", "fixed"), ("fixed", "lava"))
 
@@ -26,7 +26,8 @@ def _agree(a: np.ndarray | None, b: np.ndarray | None, exact: bool) -> tuple[flo
     return float(same.mean()) if same.size else 1.0, float(np.abs(a - b).max(initial=0.0))
 
 
-def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 600.0) -> list[dict]:
+def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 600.0,
+           device: str = "cpu") -> list[dict]:
     """One row per population (input excluded), in topological order.
 
     Spiking rows compare firing rates (count / T; the ANN's activation / threshold, i.e. its
@@ -34,15 +35,17 @@ def ladder(graph: Graph, x, seed: int | None = None, timeout_s: float | None = 6
     outputs in ANN units. ``fixed`` vs ``lava`` must agree exactly; the other pairs measure
     conversion (ANN -> float SNN) and quantization (float -> fixed) error. Each row carries
     ``diverges``: the pairs below full agreement, and ``first`` marks the first such row.
+    ``device`` is where the reference stages run (Lava runs on its CPU simulator).
     """
     # Imported here, not at the top: importing this module (the package's lazy exports) must
     # not import Lava.
     from mtdeploy.targets.loihi2.lava.network import run_lava
 
+    resolve_device(device)
     x = np.asarray(x, dtype=np.float64)
     ann = {k: v.numpy() for k, v in ann_forward(graph, x, return_all=True).items()}
-    flt = simulate(graph, x, mode="float", seed=seed)
-    fix = simulate(graph, x, mode="fixed", seed=seed)
+    flt = simulate(graph, x, mode="float", seed=seed, device=device)
+    fix = simulate(graph, x, mode="fixed", seed=seed, device=device)
     lava_out, lava_counts = run_lava(graph, x, fixed_point=True, seed=seed, timeout_s=timeout_s,
                                      record_counts=True)
     rows, seen_first = [], False

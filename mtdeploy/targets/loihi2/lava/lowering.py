@@ -31,7 +31,8 @@ from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, Sampl
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
 from mtdeploy.targets.loihi2.lava.tables import Build
-from mtdeploy.targets.loihi2.lava.timing import ALIGN_METHODS, stream_delay, timing_process
+from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, samples_in_flight, stream_delay,
+                                             timing_process)
 
 
 @dataclass
@@ -41,13 +42,14 @@ class EdgeInfo:
     method: str | None
     delay: int
     synapse: SynapseInfo
+    in_flight: int = 1      # samples the align process holds at once (pipelined runs)
 
     def describe(self) -> dict:
         s = self.synapse
         return {"from": self.producer, "align": self.align, "method": self.method,
                 "synapse": s.synapse, "processes": s.processes, "nnz": s.nnz,
                 "max_abs_weight": s.max_abs_weight, "weight_digits": s.digits,
-                "delay": self.delay}
+                "delay": self.delay, "samples_in_flight": self.in_flight}
 
 
 @dataclass
@@ -133,7 +135,8 @@ def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports:
     wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
                 out_ports[edge.producer], target)
     synapse = connect_synapses(build, pop, wire)
-    return _edge_info(build, edge, delay, synapse, processes)
+    depth = int(stage.proc_params.get("depth", 1)) if stage is not None else 1
+    return _edge_info(build, edge, delay, synapse, processes, depth)
 
 
 def _layer_info(build: Build, pop: Node) -> LayerInfo:
@@ -142,10 +145,10 @@ def _layer_info(build: Build, pop: Node) -> LayerInfo:
 
 
 def _edge_info(build: Build, edge: Edge, delay: int, synapse: SynapseInfo,
-               processes: Counter) -> EdgeInfo:
+               processes: Counter, depth: int = 1) -> EdgeInfo:
     processes[synapse.synapse] += synapse.processes
     method = build.graph[edge.align].attrs["method"] if edge.align else None
-    return EdgeInfo(edge.producer, edge.align, method, delay, synapse)
+    return EdgeInfo(edge.producer, edge.align, method, delay, synapse, depth)
 
 
 # ---- describing without building ------------------------------------------------------------
@@ -167,7 +170,8 @@ def plan_layers(build: Build) -> dict[str, LayerInfo]:
             wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
                         None, None)
             synapse = plan_synapses(build, pop, wire).info
-            info.edges.append(_edge_info(build, edge, delay, synapse, info.processes))
+            info.edges.append(_edge_info(build, edge, delay, synapse, info.processes,
+                                         samples_in_flight(build, pop, edge)))
     return layers
 
 

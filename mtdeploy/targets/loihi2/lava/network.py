@@ -14,6 +14,7 @@ import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph
+from mtdeploy.ir.snn import populations
 from mtdeploy.passes.schedule import scheduled
 from mtdeploy.sim.reference import quantize_input
 from mtdeploy.targets.loihi2.lava.layout import from_lava, lava_shape, to_lava
@@ -23,15 +24,18 @@ from mtdeploy.targets.loihi2.lava.runtime import (DEFAULT_TIMEOUT_S, LavaRuntime
 from mtdeploy.targets.loihi2.lava.synapses import SPARSE_BELOW, SYNAPSE_HOP
 from mtdeploy.targets.loihi2.lava.tables import Build
 
-__all__ = ["LavaNetwork", "describe_lava", "lower_to_lava", "run_lava", "SYNAPSE_HOP",
+__all__ = ["LavaNetwork", "describe_lava", "lower_to_lava", "run_lava", "sample_period",
+           "SYNAPSE_HOP",
            "child_pids"]
 
 
 class LavaNetwork:
     """A built Lava process graph for one converted graph and a batch of samples.
 
-    ``run()`` executes every sample back to back in one Lava run (one sample period each, state
-    re-initialised at each window start) and always releases Lava's OS processes.
+    ``run()`` executes every sample in one Lava run, a new one every ``period`` steps (the full
+    latency, or pipelined the longest window: several samples in flight, each population on
+    its own; state re-initialised at each window start) and always releases Lava's OS
+    processes.
     """
 
     def __init__(self, build: Build, lowered: Lowered):
@@ -40,6 +44,7 @@ class LavaNetwork:
         self.fixed_point = build.fixed_point
         self.n_samples = build.n_samples
         self.period = build.period
+        self.total_steps = build.total_steps
         self.seed = build.seed
         self.record_counts = build.record_counts
         self.hop = build.hop
@@ -69,7 +74,7 @@ class LavaNetwork:
 
         Runs once; see :meth:`LavaRuntime.run` for the timeout and how it always stops Lava.
         """
-        result = self.runtime.run(self.period * self.n_samples, self._read, timeout_s)
+        result = self.runtime.run(self.total_steps, self._read, timeout_s)
         return self._to_ann_units(result)
 
     def _read(self) -> np.ndarray:
@@ -108,8 +113,9 @@ def _description(build: Build, layers: dict) -> dict:
     for info in layers.values():
         totals.update(info.processes)
     return {"backend": "lava", "lava_version": lava_version(), "mode": build.select_tag,
-            "hop_steps": build.hop, "steps_per_sample": build.period,
-            "samples": build.n_samples, "total_steps": build.period * build.n_samples,
+            "hop_steps": build.hop, "steps_per_sample": build.latency,
+            "sample_interval": build.period, "pipelined": build.period < build.latency,
+            "samples": build.n_samples, "total_steps": build.total_steps,
             "process_count": sum(totals.values()), "processes_by_kind": dict(totals),
             "layers": [info.describe() for info in layers.values()]}
 
@@ -120,9 +126,10 @@ def describe_lava(graph: Graph, sparse_below: float = SPARSE_BELOW) -> dict:
     ImageNet VGG-16 whose lowering would hold billions of synapses."""
     _check_lowerable(graph, True)
     sched = scheduled(graph)
-    build = Build(graph, True, n_samples=1, period=int(sched["total_steps"]),
+    build = Build(graph, True, n_samples=1, period=sample_period(graph),
                   hop=int(sched["hop_steps"]), seed=int(graph.meta.get("seed", 0)),
-                  record_counts=False, reset=True, sparse_below=sparse_below)
+                  record_counts=False, reset=True, sparse_below=sparse_below,
+                  latency=int(sched["total_steps"]))
     return _description(build, plan_layers(build))
 
 
@@ -135,13 +142,14 @@ def _check_lowerable(graph: Graph, fixed_point: bool) -> None:
 
 def lower_to_lava(graph: Graph, fixed_point: bool = True, x=None, *, seed: int | None = None,
                   record_counts: bool = False, reset: bool = True,
-                  sparse_below: float = SPARSE_BELOW) -> LavaNetwork:
+                  sparse_below: float = SPARSE_BELOW, pipeline: bool = True) -> LavaNetwork:
     """Build the Lava process graph of a converted (and, for fixed point, quantized) graph.
 
     ``x`` (N, *input shape) are the samples the network will run, presented one per sample
     period; without it the network holds one all-zero sample (enough for ``describe()``).
     ``seed`` is TPP's Bernoulli seed (default: the graph's). ``record_counts`` keeps per-sample
-    spike counts of every population (for :func:`ladder`).
+    spike counts of every population (for :func:`ladder`). ``pipeline``: a new sample every
+    pipelined interval (:func:`sample_period`) instead of every full latency.
     """
     _check_lowerable(graph, fixed_point)
     g = graph.copy()
@@ -149,11 +157,25 @@ def lower_to_lava(graph: Graph, fixed_point: bool = True, x=None, *, seed: int |
     data = _input_batch(g, x, fixed_point)
     if data.shape[0] < 1:
         raise InputError("no samples to run")
-    build = Build(g, fixed_point, n_samples=int(data.shape[0]), period=int(sched["total_steps"]),
-                  hop=int(sched["hop_steps"]),
+    build = Build(g, fixed_point, n_samples=int(data.shape[0]),
+                  period=sample_period(g, pipeline and reset), hop=int(sched["hop_steps"]),
                   seed=int(g.meta.get("seed", 0) if seed is None else seed),
-                  record_counts=record_counts, reset=reset, sparse_below=sparse_below)
+                  record_counts=record_counts, reset=reset, sparse_below=sparse_below,
+                  latency=int(sched["total_steps"]))
     return LavaNetwork(build, lower_processes(build, data))
+
+
+def sample_period(graph: Graph, pipeline: bool = True) -> int:
+    """Steps between two samples entering: the stored schedule's latency (``total_steps``), or
+    pipelined its interval, the longest population window (schedule.json's
+    ``pipeline_interval_steps``): a population is busy with one sample for at most that long,
+    and each process keeps its own windows per sample (procs/process.py). Pipelining needs the
+    state re-initialised at every window start, so ``reset=False`` runs are never pipelined."""
+    latency = int(scheduled(graph)["total_steps"])
+    if not pipeline:
+        return latency
+    windows = [int(p.attrs["window"][1]) - int(p.attrs["window"][0]) for p in populations(graph)]
+    return min(latency, max(windows))
 
 
 def _input_batch(graph: Graph, x, fixed_point: bool) -> np.ndarray:
@@ -172,13 +194,16 @@ def _input_batch(graph: Graph, x, fixed_point: bool) -> np.ndarray:
 
 
 def run_lava(graph: Graph, x, fixed_point: bool = True, seed: int | None = None,
-             timeout_s: float | None = DEFAULT_TIMEOUT_S, record_counts: bool = False):
+             timeout_s: float | None = DEFAULT_TIMEOUT_S, record_counts: bool = False,
+             pipeline: bool = True):
     """Build, run every sample of ``x`` on Lava's CPU simulator, stop; -> (N, classes).
 
     Outputs are the readout's mean input current in the ANN's units (docs/semantics.md).
     With ``record_counts`` returns ``(output, counts)``, counts per population (N, *shape).
+    ``pipeline``: samples overlap, one entering every pipelined interval (same results).
     """
-    net = lower_to_lava(graph, fixed_point, x, seed=seed, record_counts=record_counts)
+    net = lower_to_lava(graph, fixed_point, x, seed=seed, record_counts=record_counts,
+                        pipeline=pipeline)
     with net:
         out = net.run(timeout_s=timeout_s)
     return (out, net.counts) if record_counts else out

@@ -22,12 +22,18 @@ class Build:
     graph: Graph
     fixed_point: bool
     n_samples: int
-    period: int             # steps per sample: the stored schedule's total_steps
+    period: int             # steps between two samples' starts (see :func:`sample_period`)
     hop: int                # the stored schedule's hop_steps
     seed: int               # TPP's Bernoulli seed
     record_counts: bool
     reset: bool
     sparse_below: float
+    latency: int = 0        # steps of one sample: the stored schedule's total_steps
+
+    @property
+    def total_steps(self) -> int:
+        """Steps to run every sample: the last one enters ``(N - 1) * period`` steps in."""
+        return self.period * (self.n_samples - 1) + self.latency
 
     @property
     def select_tag(self) -> str:

@@ -12,7 +12,8 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.ir.snn import Edge
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
-from mtdeploy.targets.loihi2.lava.procs.process import AlignAvgRepeat, AlignTTM, DelayLine
+from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
+                                                         in_flight)
 from mtdeploy.targets.loihi2.lava.tables import Build, BuilderTable
 
 #: (build, align node, first input step, first output step, Lava shape) -> the align process
@@ -57,6 +58,16 @@ def stream_delay(build: Build, pop: Node, producer: Node) -> int:
         raise InputError(f"{pop.label()}: starts before its streamed input {producer.label()} "
                          "arrives; the schedule is inconsistent")
     return delay
+
+
+def samples_in_flight(build: Build, pop: Node, edge: Edge) -> int:
+    """Samples the edge's align process holds at once in a pipelined run (what its process
+    computes from the same windows): 1 for a streamed edge."""
+    if edge.align is None:
+        return 1
+    node = build.graph[edge.align]
+    first = first_arrival(build, build.graph[node.inputs[0]])
+    return in_flight(first, build.window(pop)[0] + int(node.attrs["t_out"]), build.period)
 
 
 def timing_process(build: Build, pop: Node, edge: Edge, key: str) -> tuple[Any | None, int]:

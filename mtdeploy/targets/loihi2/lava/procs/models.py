@@ -52,20 +52,27 @@ COUNTS = ("var", I64, 32)              # recorded spike counts per sample
 
 
 class _Clocked(PyLoihiProcessModel):
-    """Step inside the sample period and the sample index, from Lava's 1-based time step."""
+    """The step inside a window and the sample it belongs to, from Lava's 1-based time step."""
 
-    def clock(self) -> tuple[int, int]:
-        step = self.time_step - 1
+    def clock(self, start: int) -> tuple[int, int]:
+        """(k, n): sample n's window that opened at ``start + n * period`` is at its step k
+        (n < 0 before sample 0's window opens)."""
+        since = self.time_step - 1 - start
         period = self.proc_params["period"]
-        return step % period, step // period
+        return since % period, since // period
+
+    def active(self, start: int, length: int) -> tuple[int, int] | None:
+        """(k, n) while sample n's window of ``length`` steps from ``start`` is open, else None."""
+        k, n = self.clock(start)
+        return (k, n) if n >= 0 and k < length else None
 
 
 # ---- input --------------------------------------------------------------------------------
 class _SourceBase(_Clocked):
     def run_spk(self):
-        g, n = self.clock()
-        if g == 0 and n < self.data.shape[0]:
-            self.s_out.send(self.data[n])
+        now = self.active(0, 1)
+        if now is not None and now[1] < self.data.shape[0]:
+            self.s_out.send(self.data[now[1]])
         else:
             self.s_out.send(np.zeros(self.s_out.shape, self.data.dtype))
 
@@ -79,10 +86,11 @@ class _IFBase(_Clocked):
 
     def run_spk(self):
         a = self.a_in.recv()
-        g, n = self.clock()
         p = self.proc_params
-        if p["start"] <= g < p["end"]:
-            if g == p["start"] and p["reset"]:
+        now = self.active(p["start"], p["end"] - p["start"])
+        if now is not None:
+            k, n = now
+            if k == 0 and p["reset"]:
                 self.v[:] = p["v_init"]
             th = p["threshold"]
             m = self.v + a + self.bias
@@ -108,16 +116,16 @@ class _TPPBase(_Clocked):
 
     def run_spk(self):
         a = self.a_in.recv()
-        g, n = self.clock()
         p = self.proc_params
-        start, t = p["start"], p["T"]
+        t = p["T"]
+        g, n = self.clock(p["start"])
         s = np.zeros(self.s_out.shape, np.int32)
-        if start <= g < start + t:                       # phase 1: integrate, silent
-            if g == start:
+        if n >= 0 and g < t:                             # phase 1: integrate, silent
+            if g == 0:
                 self.v[:] = 0
             self.v[:] = self.v + a + self.bias
-        elif start + t <= g < start + 2 * t:             # phase 2: fire
-            k = g - start - t + 1
+        elif n >= 0 and t <= g < 2 * t:                  # phase 2: fire
+            k = g - t + 1
             r = rng.uniform_int(p["seed"], p["population"], n + p["sample_offset"], k,
                                 self.neuron_ids)
             fired = self.fire(r, t - k + 1)
@@ -149,14 +157,17 @@ _models(TPPNeuron, _TPPBase, {"a_in": ("in", 32), "s_out": SPIKES, "v": ("var", 
 class _AvgRepeatBase(_Clocked):
     def run_spk(self):
         a = self.a_in.recv()
-        g, _ = self.clock()
         p = self.proc_params
-        if g == p["a0"]:
-            self.acc[:] = 0
-        if p["a0"] <= g < p["a1"]:
-            self.acc[:] = self.acc + a
-        if p["b0"] <= g < p["b1"]:
-            self.a_out.send(self.acc)
+        depth = self.acc.shape[0]
+        arriving = self.active(p["a0"], p["a1"] - p["a0"])
+        if arriving is not None:
+            k, n = arriving
+            if k == 0:
+                self.acc[n % depth] = 0
+            self.acc[n % depth] += a
+        leaving = self.active(p["b0"], p["b1"] - p["b0"])
+        if leaving is not None:
+            self.a_out.send(self.acc[leaving[1] % depth].copy())
         else:
             self.a_out.send(np.zeros(self.a_out.shape, self.acc.dtype))
 
@@ -168,15 +179,17 @@ _models(AlignAvgRepeat, _AvgRepeatBase, {"a_in": ("in", 32), "a_out": ("out", 32
 class _TTMBase(_Clocked):
     def run_spk(self):
         a = self.a_in.recv()
-        g, _ = self.clock()
         p = self.proc_params
-        i = g - p["a0"]
-        if 0 <= i < p["t_in"]:
-            self.buffer[i] = a
-        j = g - p["b0"]
-        if 0 <= j < p["t_out"]:
-            out = np.tensordot(self.mix[j], self.buffer, axes=1).astype(self.buffer.dtype)
-            self.a_out.send(out)
+        depth = self.buffer.shape[0]
+        arriving = self.active(p["a0"], p["t_in"])
+        if arriving is not None:
+            i, n = arriving
+            self.buffer[n % depth, i] = a
+        leaving = self.active(p["b0"], p["t_out"])
+        if leaving is not None:
+            j, n = leaving
+            out = np.tensordot(self.mix[j], self.buffer[n % depth], axes=1)
+            self.a_out.send(out.astype(self.buffer.dtype))
         else:
             self.a_out.send(np.zeros(self.a_out.shape, self.buffer.dtype))
 
@@ -200,13 +213,14 @@ _models(DelayLine, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo"
 class _ReadoutBase(_Clocked):
     def run_spk(self):
         a = self.a_in.recv()
-        g, n = self.clock()
         p = self.proc_params
-        if p["start"] <= g < p["end"]:
-            if g == p["start"]:
+        now = self.active(p["start"], p["end"] - p["start"])
+        if now is not None:
+            k, n = now
+            if k == 0:
                 self.acc[:] = 0
             self.acc[:] = self.acc + a + self.bias
-            if g == p["end"] - 1 and n < self.result.shape[0]:
+            if k == p["end"] - p["start"] - 1 and n < self.result.shape[0]:
                 self.result[n] = self.acc
 
 

@@ -1,10 +1,17 @@
 """Lava processes of an MT-SNN: populations, alignment, input and readout (docs/semantics.md).
 
-Every process keeps a global clock: Lava's ``time_step`` (1-based) becomes the step inside the
-sample period, ``g = (time_step - 1) % period``, and the sample index ``(time_step - 1) // period``.
-A process is active only inside its window ``[start, end)`` of ``g``; outside it still receives
-and sends on every port each step (a silent port deadlocks Lava) and sends zeros. That is what
-lets one build run many samples back to back.
+Sample n enters at step ``n * period`` and every window of the schedule, ``[start, end)``, is
+sample 0's: sample n's is ``[start + n * period, end + n * period)``. Each process reads Lava's
+``time_step`` (1-based) relative to its window's start: ``k = (time_step - 1 - start)``, the
+step inside the window ``k % period`` and the sample ``k // period``, and is active while the
+step inside its window is below the window's length; outside it still receives and sends on
+every port each step (a silent port deadlocks Lava) and sends zeros.
+
+``period`` is the schedule's total steps (one sample after another) or, pipelined, its longest
+window: then several samples are in flight at once, each population busy with a different one.
+A population's windows never overlap (each is at most ``period`` long); an align process, whose
+input and output windows together can span more than ``period``, keeps one accumulator per
+sample in flight (``depth`` of them).
 
 Shapes are Lava's layout: ``(W, H, C)`` for image-like tensors (what ``lava.proc.conv.Conv``
 reads and writes), ``(n,)`` for vectors. Numbers passed in are already in the mode's units
@@ -21,11 +28,18 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
 
-def _window(window) -> tuple[int, int]:
+def _window(window, period: int | None = None) -> tuple[int, int]:
     start, end = (int(w) for w in window)
     if not 0 <= start < end:
         raise ValueError(f"window must satisfy 0 <= start < end, got {window}")
+    if period is not None and end - start > int(period):
+        raise ValueError(f"window {window} is longer than the sample period {period}")
     return start, end
+
+
+def in_flight(first: int, last: int, period: int) -> int:
+    """Samples whose span [first, last) overlaps at once when one enters every ``period``."""
+    return max(1, -(-(int(last) - int(first)) // int(period)))
 
 
 def _per_sample(shape, n_samples: int, record: bool) -> tuple[int, ...]:
@@ -33,7 +47,7 @@ def _per_sample(shape, n_samples: int, record: bool) -> tuple[int, ...]:
 
 
 class SampleSource(AbstractProcess):
-    """Presents sample n's input ``data[n]`` once, at step 0 of period n (graded values)."""
+    """Presents sample n's input ``data[n]`` once, at step ``n * period`` (graded values)."""
 
     def __init__(self, *, data: np.ndarray, period: int, name: str | None = None):
         data = np.asarray(data)
@@ -53,7 +67,7 @@ class IFNeuron(AbstractProcess):
     def __init__(self, *, shape, threshold, v_init, bias, window, period: int, n_samples: int = 1,
                  record: bool = False, reset: bool = True, name: str | None = None):
         shape = tuple(int(s) for s in shape)
-        start, end = _window(window)
+        start, end = _window(window, period)
         super().__init__(shape=shape, threshold=threshold, v_init=v_init, start=start, end=end,
                          period=int(period), reset=bool(reset), record=bool(record), name=name)
         self.a_in = InPort(shape=shape)
@@ -76,7 +90,7 @@ class TPPNeuron(AbstractProcess):
                  population: str, neuron_ids: np.ndarray, n_samples: int = 1,
                  sample_offset: int = 0, record: bool = False, name: str | None = None):
         shape = tuple(int(s) for s in shape)
-        start, _ = _window((start, start + 2 * int(T)))
+        start, _ = _window((start, start + 2 * int(T)), period)
         ids = np.asarray(neuron_ids, dtype=np.int64)
         if ids.shape != shape:
             raise ValueError(f"neuron_ids has shape {ids.shape}, expected {shape}")
@@ -93,18 +107,21 @@ class TPPNeuron(AbstractProcess):
 
 class AlignAvgRepeat(AbstractProcess):
     """Average-and-repeat after the synapse: sums the synaptic current arriving in ``in_window``
-    and injects the sum every step of ``out_window`` (the 1/t_in lives in the weights)."""
+    and injects the sum every step of ``out_window`` (the 1/t_in lives in the weights); one
+    sum per sample in flight."""
 
     def __init__(self, *, shape, in_window, out_window, period: int, name: str | None = None):
         shape = tuple(int(s) for s in shape)
-        a0, a1 = _window(in_window)
-        b0, b1 = _window(out_window)
+        a0, a1 = _window(in_window, period)
+        b0, b1 = _window(out_window, period)
         if b0 < a1:
             raise ValueError(f"out_window {out_window} starts before in_window {in_window} ends")
-        super().__init__(shape=shape, a0=a0, a1=a1, b0=b0, b1=b1, period=int(period), name=name)
+        depth = in_flight(a0, b1, period)
+        super().__init__(shape=shape, a0=a0, a1=a1, b0=b0, b1=b1, period=int(period),
+                         depth=depth, name=name)
         self.a_in = InPort(shape=shape)
         self.a_out = OutPort(shape=shape)
-        self.acc = Var(shape=shape, init=0)
+        self.acc = Var(shape=(depth, *shape), init=0)
 
 
 def ttm_matrix(t_in: int, t_out: int) -> np.ndarray:
@@ -126,21 +143,23 @@ def ttm_matrix(t_in: int, t_out: int) -> np.ndarray:
 
 class AlignTTM(AbstractProcess):
     """TTM after the synapse: buffers the t_in per-step currents arriving from ``in_start`` and
-    emits ``ttm_matrix(t_in, t_out) @ buffer`` over the t_out steps from ``out_start``."""
+    emits ``ttm_matrix(t_in, t_out) @ buffer`` over the t_out steps from ``out_start``; one
+    buffer per sample in flight."""
 
     def __init__(self, *, shape, in_start: int, t_in: int, out_start: int, t_out: int,
                  period: int, name: str | None = None):
         shape = tuple(int(s) for s in shape)
-        a0, a1 = _window((in_start, in_start + int(t_in)))
-        b0, _ = _window((out_start, out_start + int(t_out)))
+        a0, a1 = _window((in_start, in_start + int(t_in)), period)
+        b0, b1 = _window((out_start, out_start + int(t_out)), period)
         if b0 < a1:
             raise ValueError("TTM output window starts before its input window ends")
         mix = ttm_matrix(int(t_in), int(t_out))
+        depth = in_flight(a0, b1, period)
         super().__init__(shape=shape, a0=a0, t_in=int(t_in), b0=b0, t_out=int(t_out),
-                         period=int(period), name=name)
+                         period=int(period), depth=depth, name=name)
         self.a_in = InPort(shape=shape)
         self.a_out = OutPort(shape=shape)
-        self.buffer = Var(shape=(int(t_in), *shape), init=0)
+        self.buffer = Var(shape=(depth, int(t_in), *shape), init=0)
         self.mix = Var(shape=mix.shape, init=mix)
 
 
@@ -168,7 +187,7 @@ class Readout(AbstractProcess):
     def __init__(self, *, shape, bias, window, period: int, n_samples: int,
                  name: str | None = None):
         shape = tuple(int(s) for s in shape)
-        start, end = _window(window)
+        start, end = _window(window, period)
         super().__init__(shape=shape, start=start, end=end, period=int(period), name=name)
         self.a_in = InPort(shape=shape)
         self.acc = Var(shape=shape, init=0)
