@@ -16,10 +16,13 @@ import numpy as np
 from mtdeploy import frontends
 from mtdeploy.frontends.netx import read_netx
 from mtdeploy.errors import DoesNotFitError, InputError
-from mtdeploy.io import atomic_dir, check_output_dir, check_samples, write_json, write_text
+from mtdeploy.frontends.torch_files import stored_input_max
+from mtdeploy.io import (atomic_dir, check_output_dir, check_samples, load_samples, write_json,
+                         write_text)
 from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 from mtdeploy.passes.convert import check_timestep_range
+from mtdeploy.passes.input_range import choose_input_max, input_range_report
 from mtdeploy.report import build_report, report_markdown
 from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simulate_workers
 from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
@@ -55,13 +58,15 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
                   weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
-                  write: bool = True, force: bool = False) -> Build:
+                  write: bool = True, force: bool = False, calib=None) -> Build:
     """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
 
     Raises DoesNotFitError (exit 3) with every finding when the model does not fit; nothing is
     written then. The build directory appears whole or not at all, and replaces only what
     :func:`mtdeploy.io.check_output_dir` allows (``force``: also a directory mtdeploy did not
     write; never a file, nor the directory of ``model``); ``out_dir`` is checked before any work.
+    ``calib``: samples (an array (N, *input_shape) or a samples file) that set ``input_max``
+    when it is not given, and whose saturation the report states (passes/input_range.py).
     """
     t0 = time.perf_counter()
     protect = [model] if isinstance(model, (str, Path)) else []
@@ -69,6 +74,8 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
         check_output_dir(out_dir, force, protect)
     profile = load_profile(target)
     graph = load_model(model, input_shape, trust_pickle)
+    calib = _calibration_samples(calib, graph)
+    input_max, source = _input_max(model, graph, input_max, calib)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
     snn, sched = deployable(graph, options, profile, weight_bits, input_bits)
@@ -76,11 +83,32 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
     report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
+    report["input"].update(input_range_report(snn.meta, source, calib))
     report["lava"] = _lava_description(snn)
     build = Build(Path(out_dir) if write else None, snn, sched, report, check)
     if write:
         _write_build(build, force, protect)
     return build
+
+
+def _calibration_samples(calib, graph: Graph):
+    """``calib`` as checked samples of the model's input shape (None stays None)."""
+    if calib is None:
+        return None
+    if isinstance(calib, (str, Path)):
+        calib, _ = load_samples(calib)
+    x, _ = check_samples(calib, input_shape=graph.input.shape, what="calib")
+    return x
+
+
+def _input_max(model, graph: Graph, given, calib) -> tuple[float | None, str]:
+    """The input range and its source; a converted graph (a .net file) keeps its own."""
+    if graph.meta.get("converted"):
+        return given, "the network file"
+    stored = None
+    if isinstance(model, (str, Path)) and Path(model).suffix.lower() in frontends.TORCH_SUFFIXES:
+        stored = stored_input_max(model)
+    return choose_input_max(given, calib, stored)
 
 
 def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int = 8,

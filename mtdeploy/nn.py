@@ -55,12 +55,14 @@ MODEL_META_FILE = "mtdeploy.json"
 
 
 def save_traced(model: nn.Module, example_input: torch.Tensor, path,
-                check_trace: bool = True) -> None:
+                check_trace: bool = True, input_max: float | None = None) -> None:
     """Trace ``model`` on ``example_input`` (a batch) and save it as TorchScript for mtdeploy.
 
     TorchScript, not ``torch.save``: loading it runs no Python code from the file. The input
     shape (one sample, no batch axis) goes into the archive's ``mtdeploy.json``, so compile
-    finds it; the file is written atomically (temp file, then rename). The archive is built in
+    finds it, with ``input_max`` (the largest |input| the model will see, e.g. after the data's
+    normalisation) when given: compile takes the input's fixed-point range from it unless
+    told otherwise. The file is written atomically (temp file, then rename). The archive is built in
     memory and written with Python's I/O: torch's own file writer aborts the whole process on a
     full disk, where Python raises an error that the writer turns into a clean message.
     """
@@ -72,6 +74,10 @@ def save_traced(model: nn.Module, example_input: torch.Tensor, path,
     finally:
         model.train(was_training)
     meta = {"format": 1, "input_shape": [int(d) for d in example_input.shape[1:]]}
+    if input_max is not None:
+        if not (isinstance(input_max, (int, float)) and 0 < float(input_max) < 1e30):
+            raise ValueError(f"input_max must be a positive finite number, got {input_max!r}")
+        meta["input_max"] = float(input_max)
     archive = io.BytesIO()
     torch.jit.save(traced, archive, _extra_files={MODEL_META_FILE: json.dumps(meta)})
     with atomic_path(path, suffix=".pt") as tmp:

@@ -11,9 +11,10 @@ def run(a) -> int:
     build = compile_model(a.model, input_shape=a.input_shape, target=a.target, out_dir=a.output,
                           timesteps=timesteps(a.timesteps), alignment=a.alignment, neuron=a.neuron,
                           v_init=a.v_init, seed=a.seed, input_max=a.input_max,
-                          weight_bits=a.weight_bits, trust_pickle=a.trust_pickle, force=a.force)
+                          weight_bits=a.weight_bits, trust_pickle=a.trust_pickle, force=a.force,
+                          calib=a.calib)
     _print_build(build, a.target)
-    for row in build.report.get("quantization", []):
+    for row in [build.report["input"], *build.report.get("quantization", [])]:
         if "warning" in row:
             print(f"mtdeploy: warning: {row['warning']}", file=sys.stderr)
     return 0
@@ -28,4 +29,6 @@ def _print_build(build: Build, target: str) -> None:
     print(f"  mean T {lat['mean_T']:.2f}, sum T {lat['sum_T']}, sequential latency "
           f"{lat['sequential_steps']} steps, pipelined interval "
           f"{lat['pipeline_interval_steps']} steps")
+    inp = build.report["input"]
+    print(f"  input range |x| <= {inp['input_max']:.4g} ({inp['input_max_source']})")
     print(f"  files: {', '.join(build.files)}")

@@ -19,8 +19,8 @@ BUILD_HELP = "a build directory written by 'mtdeploy compile'"
 # Per verb: API parameter -> the option that sets it, for error messages that lead with the
 # parameter's name (``budget 'x': ...`` is shown as ``--budget 'x': ...``).
 OPTIONS = {
-    "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "alignment": "--alignment",
-                "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
+    "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "calib": "--calib",
+                "alignment": "--alignment", "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
                 "weight_bits": "--weight-bits"},
     "check": {"timesteps": "--timesteps"},
     "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input",
@@ -94,7 +94,10 @@ def _add_compile(sub) -> None:
                    help="initial membrane potential as a fraction of the threshold (0.5; 0 to "
                    "compare)")
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
-                   "scale; default 1.0)")
+                   "scale; default: from --calib, else the range save_traced recorded, else 1.0)")
+    c.add_argument("--calib", type=path, help="sample inputs (.npy, or .npz with x): their largest "
+                   "|x| sets --input-max when it is not given, and compile reports how many "
+                   "saturate the input's fixed-point range")
     c.add_argument("--weight-bits", type=int, default=8)
     c.add_argument("--seed", type=seed, default=0, help="seed of the TPP neurons' random stream")
     _add_trust_pickle(c)

@@ -80,23 +80,42 @@ def _check_zip_integrity(path: Path) -> None:
         raise InputError(f"{path}: corrupt: the archive member {bad} fails its CRC check")
 
 
-def stored_input_shape(path) -> tuple[int, ...] | None:
-    """The input shape recorded by :func:`mtdeploy.nn.save_traced` in a TorchScript archive's
-    ``mtdeploy.json``, or None (another file, or a model saved some other way). Read straight
-    from the zip, so nothing in the file runs."""
+def stored_meta(path) -> dict:
+    """The ``mtdeploy.json`` that :func:`mtdeploy.nn.save_traced` put in a TorchScript archive,
+    or {} (another file, or a model saved some other way). Read straight from the zip, so
+    nothing in the file runs."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith(f"/extra/{MODEL_META_FILE}")]
             if not names:
-                return None
+                return {}
             meta = json.loads(zf.read(names[0]))
     except DAMAGED_FILE_ERRORS:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def stored_input_shape(path) -> tuple[int, ...] | None:
+    """The input shape recorded by :func:`mtdeploy.nn.save_traced`, or None."""
+    meta = stored_meta(path)
+    if not meta:
         return None
-    shape = meta.get("input_shape") if isinstance(meta, dict) else None
+    shape = meta.get("input_shape")
     if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
         raise InputError(f"{path}: {MODEL_META_FILE} holds no valid input_shape ({shape!r}); "
                          "pass --input-shape")
     return tuple(shape)
+
+
+def stored_input_max(path) -> float | None:
+    """The input range (largest |x|) recorded by ``save_traced(..., input_max=)``, or None."""
+    value = stored_meta(path).get("input_max")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e30:
+        raise InputError(f"{path}: {MODEL_META_FILE} holds an invalid input_max ({value!r}); "
+                         "pass --input-max")
+    return float(value)
 
 
 def _is_torchscript_archive(path: Path) -> bool:

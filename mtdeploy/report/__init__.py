@@ -48,6 +48,19 @@ def _quantization_markdown(rows: list[dict]) -> list[str]:
     return lines + [f"- warning: {r['warning']}" for r in rows if "warning" in r]
 
 
+def _input_markdown(inp: dict) -> list[str]:
+    if "input_max_source" not in inp:
+        return []
+    lines = ["", "## Input range", "",
+             f"|x| <= {inp['input_max']:.4g}, from {inp['input_max_source']}; {inp['input_bits']}-bit "
+             f"integers of unit 2^-{inp['input_exp']} hold |x| <= {inp['representable_max']:.4g}."]
+    if "calib_samples" in inp:
+        lines.append(f"Calibration data: {inp['calib_samples']} samples, largest |x| "
+                     f"{inp['calib_largest_abs']:.4g}, {inp['saturated_values']} values "
+                     f"({100 * inp['saturated_share']:.2f}%) saturate.")
+    return lines + ([f"- warning: {inp['warning']}"] if "warning" in inp else [])
+
+
 def report_markdown(report: dict) -> str:
     lat = report["latency"]
     lines = [f"# mtdeploy build: {report['model']} for {report['target']}", "",
@@ -65,6 +78,7 @@ def report_markdown(report: dict) -> str:
         ins = ", ".join(f"{i['from']} [{i['alignment']}]" for i in r["inputs"])
         lines.append(f"| {r['layer']} | {r['neuron']} | {r['T']} | {r['neurons']} | "
                      f"{r['window']} | {th} | {ins} |")
+    lines += _input_markdown(report["input"])
     lines += _quantization_markdown(report.get("quantization", []))
     budget = report.get("budget")
     if budget and budget.get("markdown"):
