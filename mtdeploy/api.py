@@ -25,6 +25,7 @@ from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simula
 from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
+from mtdeploy.targets.fanin import mark_fan_in_splits
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
 from mtdeploy.validate import SEED_MAX, integer
@@ -92,6 +93,7 @@ def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int 
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+    mark_fan_in_splits(snn, profile)     # before the schedule: a split edge takes one more hop
     return snn, schedule(snn, hop_steps=profile.hop_steps)
 
 

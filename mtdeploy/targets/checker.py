@@ -19,6 +19,7 @@ from mtdeploy.metrics.energy import estimate
 from mtdeploy.passes.quantize import STATE_BITS, mantissa_bits
 from mtdeploy.targets.partition import Placement, partition
 from mtdeploy.targets.profiles import Profile, list_profiles, load_profile
+from mtdeploy.targets.fanin import plan_splits, with_stages
 from mtdeploy.targets.resources import RESOURCES, Network, extract, limits
 
 # per-core resources: rule name, unit divisor (bits -> bytes), unit
@@ -198,7 +199,34 @@ def rule_chips(graph: Graph, net: Network, profile: Profile, placement: Placemen
                     f"chip(s), {profile.total_cores} cores", chips, profile.chips)]
 
 
-RULES = (rule_weight_bits, rule_state_bits, rule_delay, rule_graded_input, rule_per_core, rule_chips)
+def rule_partial_sums(graph: Graph, net: Network, profile: Profile, placement) -> list[Finding]:
+    """A partial-sum stage forwards its block's current each step as a graded message: its
+    worst case (every input of the block active) must fit the profile's spike payload."""
+    top = 2 ** (profile.graded_spike_bits - 1) - 1 if profile.graded_spike_bits else 0
+    amp_in = 2 ** (int(net.meta.get("input_bits", 8)) - 1) - 1
+    out = []
+    for pop in net.populations.values():
+        if pop.stage_of is None:
+            continue
+        e = pop.edges[0]
+        peak = None if e.gain is None else e.gain * (
+            1 if net.populations[e.producer].on_chip else amp_in)
+        if peak is None or peak > top:
+            out.append(Finding("partial_sum_range", pop.label,
+                               f"{pop.label}: a partial sum can reach "
+                               f"{'an unknown value' if peak is None else f'{peak:.4g}'}, beyond "
+                               f"the profile's {profile.graded_spike_bits}-bit graded spikes",
+                               peak, top))
+    return out
+
+
+def staged(net: Network, profile: Profile) -> Network:
+    """``net`` with the partial-sum stages its fan-in needs on ``profile`` (targets/fanin.py)."""
+    return with_stages(net, plan_splits(net, profile))
+
+
+RULES = (rule_weight_bits, rule_state_bits, rule_delay, rule_graded_input, rule_partial_sums,
+         rule_per_core, rule_chips)
 
 
 # ---- the check ---------------------------------------------------------------------------------
@@ -234,12 +262,12 @@ def _evaluate(graph: Graph, net: Network, profile: Profile, spike_counts, strate
     return findings, placement
 
 
-def _smallest_fitting(graph, net, current: Profile, spike_counts, cache) -> str | None:
-    neurons = sum(p.size for p in net.populations.values() if p.on_chip)
+def _smallest_fitting(graph, base, current: Profile, spike_counts, cache) -> str | None:
+    neurons = sum(p.size for p in base.populations.values() if p.on_chip and p.stage_of is None)
     for cand in list_profiles():
         if cand.name == current.name or cand.total_neurons < neurons:
             continue
-        findings, _ = _evaluate(graph, net, cand, spike_counts, "greedy", cache)
+        findings, _ = _evaluate(graph, staged(base, cand), cand, spike_counts, "greedy", cache)
         if not any(f.severity == "error" for f in findings):
             return cand.name
     return None
@@ -255,7 +283,8 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
     """
     start = time.perf_counter()
     profile = load_profile(profile)
-    net = extract(graph, profile.hop_steps)
+    base = extract(graph, profile.hop_steps)
+    net = staged(base, profile)
     cache: dict = {}
     findings, placement = _evaluate(graph, net, profile, spike_counts, strategy, cache)
     est = estimate(net, placement, profile, spike_counts)
@@ -275,6 +304,6 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
                          {k: est[k] for k in ("activity", "energy_uJ", "energy_parts_uJ", "paper_energy")},
                          est["latency"], assumptions=profile.assumptions())
     if suggest and not report.fits:
-        report.smallest_fitting_profile = _smallest_fitting(graph, net, profile, spike_counts, cache)
+        report.smallest_fitting_profile = _smallest_fitting(graph, base, profile, spike_counts, cache)
     report.seconds = time.perf_counter() - start
     return report
