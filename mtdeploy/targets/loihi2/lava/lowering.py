@@ -49,6 +49,7 @@ class EdgeInfo:
         return {"from": self.producer, "align": self.align, "method": self.method,
                 "synapse": s.synapse, "processes": s.processes, "nnz": s.nnz,
                 "max_abs_weight": s.max_abs_weight, "weight_digits": s.digits,
+                "partial_sums": s.partial_sums,
                 "delay": self.delay, "samples_in_flight": self.in_flight}
 
 
@@ -147,6 +148,8 @@ def _layer_info(build: Build, pop: Node) -> LayerInfo:
 def _edge_info(build: Build, edge: Edge, delay: int, synapse: SynapseInfo,
                processes: Counter, depth: int = 1) -> EdgeInfo:
     processes[synapse.synapse] += synapse.processes
+    if synapse.partial_sums:
+        processes["PartialSum"] += synapse.partial_sums
     method = build.graph[edge.align].attrs["method"] if edge.align else None
     return EdgeInfo(edge.producer, edge.align, method, delay, synapse, depth)
 

@@ -17,8 +17,8 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from mtdeploy.kinds import rng
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
-                                                         IFNeuron, Readout, SampleSource,
-                                                         TPPNeuron)
+                                                         IFNeuron, PartialSum, Readout,
+                                                         SampleSource, TPPNeuron)
 
 STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1   # 24-bit membrane (semantics §3)
 I64 = np.int64
@@ -207,6 +207,9 @@ class _DelayBase(PyLoihiProcessModel):
 
 
 _models(DelayLine, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo": ("var", 32)})
+# a partial sum is a one-step delay of its block's current (24-bit graded payload, checked by
+# the budget checker's partial_sum_range rule)
+_models(PartialSum, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo": ("var", 32)})
 
 
 # ---- readout ------------------------------------------------------------------------------

@@ -180,6 +180,20 @@ class DelayLine(AbstractProcess):
         self.fifo = Var(shape=(int(delay), *shape), init=0)
 
 
+class PartialSum(AbstractProcess):
+    """A partial-sum stage of a split fan-in (targets/fanin.py): non-spiking compartments, one
+    per consumer neuron, that receive one block's share of the consumer's synaptic current and
+    forward it, as a graded message, one step (one hop) later; the consumer's input port adds
+    the stages' messages."""
+
+    def __init__(self, *, shape, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        super().__init__(shape=shape, delay=1, name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.fifo = Var(shape=(1, *shape), init=0)
+
+
 class Readout(AbstractProcess):
     """Accumulates its input current plus ``bias`` over ``window``; stores sample n's sum in
     ``result[n]`` at the window's last step (host converts to ANN units)."""
