@@ -120,7 +120,10 @@ def _lava_description(graph: Graph) -> dict:
         from mtdeploy.targets.loihi2.lava import describe_lava
     except ImportError as exc:   # Lava is optional for compiling: say why the section is missing
         return {"available": False, "reason": f"Lava is not installed ({exc})"}
-    return {"available": True, **describe_lava(graph)}
+    try:
+        return {"available": True, **describe_lava(graph)}
+    except InputError as exc:    # a kind without a Lava lowering (max pooling): say which
+        return {"available": False, "reason": str(exc)}
 
 
 def _findings_text(check, target) -> str:
