@@ -14,7 +14,6 @@ import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph
-from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import populations
 from mtdeploy.passes.schedule import scheduled
 from mtdeploy.sim.reference import quantize_input
@@ -137,11 +136,6 @@ def describe_lava(graph: Graph, sparse_below: float = SPARSE_BELOW) -> dict:
 def _check_lowerable(graph: Graph, fixed_point: bool) -> None:
     if not graph.meta.get("converted"):
         raise InputError("lower_to_lava needs a converted graph (mtdeploy.passes.convert)")
-    nonlinear = [n.label() for n in graph if not kind_of(n).linear_map]
-    if nonlinear:
-        raise InputError(f"{', '.join(nonlinear)}: max pooling has no Lava lowering yet (its "
-                         "synapses are not a matrix; it needs a max stage on the counts, see "
-                         "docs/semantics.md); the reference simulator runs it exactly")
     if fixed_point and not graph.meta.get("quantized"):
         raise InputError("fixed-point lowering needs a quantized graph (mtdeploy.passes.quantize)")
 

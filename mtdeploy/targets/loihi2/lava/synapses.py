@@ -79,9 +79,12 @@ class Wire:
     entry: str | None
     src: Any                # producer's OutPort
     dst: Any                # InPort of the edge's timing process, or of the neuron
+    counts_max: int = 0     # > 0: graded spike counts up to this (behind a counts stage)
 
     def message_bits(self, build: Build) -> int:
-        """0 for binary spikes; the quantized input width for the graded input."""
+        """0 for binary spikes; the quantized input width for the graded input or counts."""
+        if self.counts_max:
+            return GRADED_BITS
         if not is_source(self.producer):
             return 0
         return int(build.graph.meta.get("input_bits", GRADED_BITS)) if build.fixed_point \
@@ -204,8 +207,9 @@ def _conv_weights(build: Build, key: str, conv: Node) -> np.ndarray:
 
 def _conv_worst_output(build: Build, wire: Wire, w: np.ndarray) -> float:
     """The largest |output| a fixed-point conv can produce: a kernel's |weights| summed times
-    the largest input (a spike, or the graded input's largest integer)."""
-    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) else 1
+    the largest input (a spike, a count, or the graded input's largest integer)."""
+    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) \
+        else max(1, wire.counts_max)
     return np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max
 
 

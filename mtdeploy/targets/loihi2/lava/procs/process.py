@@ -194,6 +194,20 @@ class PartialSum(AbstractProcess):
         self.fifo = Var(shape=(1, *shape), init=0)
 
 
+class MaxPool(AbstractProcess):
+    """Max pooling of integer counts, in the step it receives them: (W, H, C) in, (W', H', C)
+    out, windows of ``kernel`` every ``stride`` over the map padded by ``padding`` (pads never
+    win: every window holds at least one real element). Sits behind an avg-repeat align
+    process, whose output is each producer neuron's spike count (docs/semantics.md)."""
+
+    def __init__(self, *, in_shape, out_shape, kernel, stride, padding, name: str | None = None):
+        in_shape, out_shape = (tuple(int(s) for s in x) for x in (in_shape, out_shape))
+        super().__init__(kernel=[int(k) for k in kernel], stride=[int(s) for s in stride],
+                         padding=[int(p) for p in padding], name=name)
+        self.a_in = InPort(shape=in_shape)
+        self.a_out = OutPort(shape=out_shape)
+
+
 class Readout(AbstractProcess):
     """Accumulates its input current plus ``bias`` over ``window``; stores sample n's sum in
     ``result[n]`` at the window's last step (host converts to ANN units)."""
