@@ -97,13 +97,6 @@ def mark_fan_in_splits(graph: Graph, profile) -> dict[str, dict[str, Blocks]]:
     return plans
 
 
-def stored_splits(net: Network) -> dict[str, dict[str, Blocks]]:
-    """The splits a graph was scheduled with (``attrs["fan_in_split"]``)."""
-    return {n: {p: tuple(b) for p, b in pop.node.attrs["fan_in_split"].items()}
-            for n, pop in net.populations.items()
-            if pop.node is not None and pop.node.attrs.get("fan_in_split")}
-
-
 def _block_bounds(n: int, k: int) -> np.ndarray:
     return (np.arange(k + 1, dtype=np.int64) * n) // k
 
