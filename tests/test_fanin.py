@@ -111,3 +111,30 @@ def test_global_pool_at_scale_fits_loihi2_by_splitting():
     assert np.prod(blocks) == 8
     report = check(snn, profile, suggest=False)
     assert report.fits, [f.message for f in report.findings]
+
+
+@pytest.mark.lava
+@pytest.mark.parametrize("alignment,timesteps", [("ttm", 4), ("none", 2)])
+def test_every_kind_of_edge_split_runs_bit_exact_on_lava(tmp_path, alignment, timesteps):
+    """Cores of 20 axons split every layer: the graded input edge, streamed conv edges (equal T,
+    no align node: the delay lines count the stages' hop) and the readout over rows too."""
+    pytest.importorskip("lava")
+    from mtdeploy.sim.reference import simulate
+    from mtdeploy.targets.loihi2.lava import run_lava
+
+    (tmp_path / "loihi2.yaml").write_text((PROFILE_DIR / "loihi2.yaml").read_text())
+    (tmp_path / "tiny.yaml").write_text(
+        "extends: loihi2.yaml\nname: tiny\ntitle: tiny\n"
+        "core:\n  fan_in_axons: {value: 20, assumption: true, note: test}\n")
+    profile = load_profile(str(tmp_path / "tiny.yaml"))
+    snn, _ = deployable(import_torch(global_pool_net(8), (3, 6, 6)),
+                        ConvertOptions(input_max=1.0, alignment=alignment, timesteps=timesteps),
+                        profile)
+    splits = {n.name: n.attrs["fan_in_split"] for n in snn if n.attrs.get("fan_in_split")}
+    assert splits["readout"] == {"3": [8, 2, 1]} and "input" in splits["1"] and "1" in splits["3"]
+    x = np.random.default_rng(0).random((2, 3, 6, 6)).astype(np.float32)
+    ref = simulate(snn, x, mode="fixed")
+    out, counts = run_lava(snn, x, fixed_point=True, record_counts=True, timeout_s=300)
+    assert np.array_equal(out, ref.output)
+    for pop, c in counts.items():
+        assert np.array_equal(c, ref.counts[pop]) and c.sum() > 0, pop
