@@ -97,13 +97,15 @@ def mark_fan_in_splits(graph: Graph, profile) -> dict[str, dict[str, Blocks]]:
     return plans
 
 
-def _block_bounds(n: int, k: int) -> np.ndarray:
+def block_bounds(n: int, k: int) -> np.ndarray:
+    """The k + 1 bounds of k even blocks of n (the one definition of the blocks: the Lava
+    lowering masks its matrices with the same)."""
     return (np.arange(k + 1, dtype=np.int64) * n) // k
 
 
 def _stage_edges(edge: Synapses, producer_shape, blocks: Blocks) -> list[Synapses]:
     """The edge restricted to each block of the producer (C-order blocks)."""
-    bounds = [_block_bounds(int(n), int(k)) for n, k in zip(producer_shape, blocks)]
+    bounds = [block_bounds(int(n), int(k)) for n, k in zip(producer_shape, blocks)]
     out = []
     for index in np.ndindex(*blocks):
         lo = tuple(np.clip(l, bounds[d][i], bounds[d][i + 1])

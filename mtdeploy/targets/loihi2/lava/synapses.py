@@ -41,6 +41,7 @@ from mtdeploy.ir.kind import dims3
 from mtdeploy.ir.snn import is_source
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.passes.quantize import mantissa_bits
+from mtdeploy.targets.fanin import block_bounds
 from mtdeploy.targets.loihi2.forms import ConvForm
 from mtdeploy.targets.loihi2.lava.layout import lava_order, lava_shape
 from mtdeploy.targets.loihi2.lava.procs.process import PartialSum
@@ -243,8 +244,8 @@ def _matrix_plan(build: Build, pop: Node, wire: Wire, form, lava_order: bool = F
             for k, (w, exp) in enumerate(weights):
                 if blocks:
                     w = sp.csr_matrix(w.multiply((column_block == b)[None, :]))
-                proc = _matrix_process(build, w, exp, wire.message_bits(build), kinds[k],
-                                       name=f"{pop.name}<-{wire.key}:{k}" + (f".{b}" if blocks else ""))
+                name = f"{pop.name}<-{wire.key}:{k}" + (f".{b}" if blocks else "")
+                proc = _matrix_process(build, w, exp, wire.message_bits(build), kinds[k], name)
                 src.connect(proc.s_in)
                 out = proc.a_out if len(out_shape) == 1 else proc.a_out.reshape(out_shape)
                 out.connect(dst)
@@ -259,8 +260,8 @@ def _column_blocks(in_shape, blocks) -> np.ndarray:
     shape = dims3(in_shape)
     if not blocks:
         return np.zeros(int(np.prod(shape)), np.int64)
-    ids = [np.searchsorted((np.arange(k + 1) * n) // k, np.arange(n), side="right") - 1
-           for n, k in zip(shape, blocks)]          # the even blocks of targets/fanin.py
+    ids = [np.searchsorted(block_bounds(n, k), np.arange(n), side="right") - 1
+           for n, k in zip(shape, blocks)]
     grid = (ids[0][:, None, None] * blocks[1] + ids[1][None, :, None]) * blocks[2] \
         + ids[2][None, None, :]
     return grid.ravel()[lava_order(in_shape)]
