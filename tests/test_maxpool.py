@@ -115,3 +115,41 @@ def test_lava_refuses_maxpool_in_float_mode_with_a_clear_message():
     snn = convert(graph_from_module(stem_net(), INPUT_SHAPE), ConvertOptions(input_max=1.0))
     with pytest.raises(InputError, match="only the fixed-point models have it"):
         lower_to_lava(snn, fixed_point=False, x=batch(1).numpy())
+
+
+class StemBlock(nn.Module):
+    """The ResNet stem's max pool feeding a basic block: the pooled counts reach the block's
+    conv and, through the identity shortcut, the residual add (a branch with a gain)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 7, stride=2, padding=3), QCFS(4, 0.6),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), QCFS(4, 0.5),
+                                  nn.Conv2d(4, 4, 3, padding=1))
+        with torch.no_grad():
+            self.body[0].bias.add_(0.3)     # keep the block's first layer firing
+        self.act = QCFS(4, 0.7)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.head(self.act(self.body(s) + s))
+
+
+@pytest.mark.lava
+def test_lava_runs_a_maxpool_feeding_a_residual_shortcut_bit_for_bit():
+    from mtdeploy.targets.loihi2.lava import run_lava
+
+    snn = quantize(convert(graph_from_module(StemBlock().eval(), INPUT_SHAPE),
+                           ConvertOptions(input_max=1.0)))
+    x = batch(2, seed=8)
+    np.testing.assert_allclose(simulate(snn, x, mode="float").output,
+                               StemBlock().eval().double()(x.double()).detach().numpy(),
+                               rtol=0, atol=1e-6)
+    ref = simulate(snn, x.numpy(), mode="fixed")
+    out, counts = run_lava(snn, x.numpy(), fixed_point=True, record_counts=True, timeout_s=300)
+    assert np.array_equal(out, ref.output)
+    for pop, c in counts.items():
+        assert np.array_equal(c, ref.counts[pop]) and c.sum() > 0, pop

@@ -31,7 +31,7 @@ from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, Sampl
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
 from mtdeploy.targets.loihi2.lava.stages import (COUNT_STAGES, count_stage, count_windows,
-                                                  tail_entry)
+                                                  counts_max, tail_entry)
 from mtdeploy.targets.loihi2.lava.tables import Build
 from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, samples_in_flight, stream_delay,
                                              timing_process)
@@ -161,7 +161,7 @@ def _lower_counts_edge(build: Build, pop: Node, edge: Edge, head: Node, single: 
     align.a_out.connect(stage.a_in)
     processes.update([type(align).__name__, type(stage).__name__])
     wire = Wire(producer, head.name, tail_entry(graph, head, single), stage.a_out, neuron.a_in,
-                counts_max=int(producer.T))
+                counts_max=counts_max(build, edge, head))
     return _edge_info(build, edge, 0, connect_synapses(build, pop, wire), processes, depth)
 
 
@@ -216,7 +216,7 @@ def _plan_counts_edge(build: Build, pop: Node, edge: Edge, head: Node, single: b
     processes.update([_returned(ALIGN_METHODS.of("avg-repeat", align_node)),
                       _returned(COUNT_STAGES.of(head.kind, head))])
     wire = Wire(graph[edge.producer], head.name, tail_entry(graph, head, single), None, None,
-                counts_max=int(graph[edge.producer].T))
+                counts_max=counts_max(build, edge, head))
     synapse = plan_synapses(build, pop, wire).info
     return _edge_info(build, edge, 0, synapse, processes, count_windows(build, pop, edge)[2])
 

@@ -7,7 +7,8 @@ synapses on graded counts (one hop) -> neuron. The consumer sees the same intege
 the same window, as through the usual synapse -> align order; the schedule is unchanged.
 
 Supported where the stage reads the align node directly (it pools the producer's counts), the
-align is avg-repeat with unit gain, the edge's fan-in is not split, and the run is fixed point;
+align is avg-repeat, the gain on the stage's input is not negative (the stage applies it after
+the max), the edge's fan-in is not split, and the run is fixed point;
 anything else is an InputError naming the layer (the reference simulator runs every case).
 """
 from __future__ import annotations
@@ -33,10 +34,13 @@ COUNT_STAGES: BuilderTable[StageBuilder] = BuilderTable("counts stage kind")
 
 @COUNT_STAGES.register("maxpool")
 def _maxpool(build: Build, node: Node) -> MaxPool:
+    """The max of the counts, times the gain on the pool's input (a max commutes with a
+    non-negative gain, so the stage applies it after the max)."""
     a = node.attrs
     return MaxPool(in_shape=lava_shape(build.graph[node.inputs[0]].shape),
                    out_shape=lava_shape(node.shape), kernel=a["kernel"], stride=a["stride"],
-                   padding=a["padding"], name=f"{node.name}:maxpool")
+                   padding=a["padding"], gain=gain_on(node, node.inputs[0]),
+                   name=f"{node.name}:maxpool")
 
 
 def count_stage(build: Build, pop: Node, edge: Edge) -> Node | None:
@@ -52,8 +56,7 @@ def count_stage(build: Build, pop: Node, edge: Edge) -> Node | None:
     problems = [why for bad, why in (
         (len(nonlinear) > 1 or chain[0] is not head, "it must read the alignment directly"),
         (align is None or align.attrs["method"] != "avg-repeat", "it needs avg-repeat counts"),
-        (align is not None and int(align.attrs.get("gain_int", 1)) != 1
-         or gain_on(head, edge.align or "") != 1, "its input carries a gain"),
+        (gain_on(head, edge.align or "") < 0, "its input carries a negative gain"),
         (edge.producer in pop.attrs.get("fan_in_split", {}), "its edge's fan-in is split"),
         (not build.fixed_point, "only the fixed-point models have it")) if bad]
     if problems:
@@ -71,6 +74,15 @@ def count_windows(build: Build, pop: Node, edge: Edge) -> tuple[int, int, int]:
     out_start = build.window(pop)[0] - build.hop
     t_out = int(build.graph[edge.align].attrs["t_out"])
     return in_start, out_start, in_flight(in_start, out_start + t_out, build.period)
+
+
+def counts_max(build: Build, edge: Edge, head: Node) -> int:
+    """The largest value the stage sends: a full count times its gain (a graded spike)."""
+    top = int(build.graph[edge.producer].T) * max(1, gain_on(head, edge.align or ""))
+    if top >= 2 ** 23:
+        raise InputError(f"{head.label()}: its counts times its gain reach {top:,}, beyond a "
+                         "24-bit graded spike")
+    return top
 
 
 def tail_entry(graph: Graph, stage: Node, single: bool) -> str | None:

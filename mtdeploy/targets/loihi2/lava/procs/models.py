@@ -221,7 +221,7 @@ class _MaxPoolBase(PyLoihiProcessModel):
         low = np.iinfo(np.int64).min if np.issubdtype(a.dtype, np.integer) else -np.inf
         x = np.pad(a.transpose(2, 1, 0), ((0, 0), (ph, ph), (pw, pw)), constant_values=low)
         win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-        self.a_out.send(np.ascontiguousarray(win.max(axis=(3, 4)).transpose(2, 1, 0)))
+        self.a_out.send(np.ascontiguousarray(win.max(axis=(3, 4)).transpose(2, 1, 0)) * p["gain"])
 
 
 _models(MaxPool, _MaxPoolBase, {"a_in": ("in", 32), "a_out": ("out", 32)})

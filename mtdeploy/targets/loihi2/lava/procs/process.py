@@ -197,13 +197,17 @@ class PartialSum(AbstractProcess):
 class MaxPool(AbstractProcess):
     """Max pooling of integer counts, in the step it receives them: (W, H, C) in, (W', H', C)
     out, windows of ``kernel`` every ``stride`` over the map padded by ``padding`` (pads never
-    win: every window holds at least one real element). Sits behind an avg-repeat align
+    win: every window holds at least one real element), times ``gain`` (the gain on the pool's
+    input: a max commutes with it). Sits behind an avg-repeat align
     process, whose output is each producer neuron's spike count (docs/semantics.md)."""
 
-    def __init__(self, *, in_shape, out_shape, kernel, stride, padding, name: str | None = None):
+    def __init__(self, *, in_shape, out_shape, kernel, stride, padding, gain: int = 1,
+                 name: str | None = None):
         in_shape, out_shape = (tuple(int(s) for s in x) for x in (in_shape, out_shape))
+        if int(gain) < 0:
+            raise ValueError(f"a max commutes only with a non-negative gain, got {gain}")
         super().__init__(kernel=[int(k) for k in kernel], stride=[int(s) for s in stride],
-                         padding=[int(p) for p in padding], name=name)
+                         padding=[int(p) for p in padding], gain=int(gain), name=name)
         self.a_in = InPort(shape=in_shape)
         self.a_out = OutPort(shape=out_shape)
 
