@@ -28,6 +28,7 @@ from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simula
 from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
+from mtdeploy.targets.fanin import mark_fan_in_splits
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
 from mtdeploy.validate import SEED_MAX, integer
@@ -120,6 +121,7 @@ def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int 
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+    mark_fan_in_splits(snn, profile)     # before the schedule: a split edge takes one more hop
     return snn, schedule(snn, hop_steps=profile.hop_steps)
 
 
@@ -146,7 +148,10 @@ def _lava_description(graph: Graph) -> dict:
         from mtdeploy.targets.loihi2.lava import describe_lava
     except ImportError as exc:   # Lava is optional for compiling: say why the section is missing
         return {"available": False, "reason": f"Lava is not installed ({exc})"}
-    return {"available": True, **describe_lava(graph)}
+    try:
+        return {"available": True, **describe_lava(graph)}
+    except InputError as exc:    # a kind without a Lava lowering (max pooling): say which
+        return {"available": False, "reason": str(exc)}
 
 
 def _findings_text(check, target) -> str:

@@ -234,7 +234,7 @@ class ThreeOffenders(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
         self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(4)
+        self.pool = nn.LPPool2d(2, 4)
         self.head = SigmoidHead()
 
     def forward(self, x):
@@ -249,7 +249,7 @@ def test_unsupported_ops_are_all_reported_at_once(path):
     offenders = {where: (op, hint) for where, op, hint in info.value.offenders}
     assert set(offenders) == {"relu", "pool", "head"}
     assert offenders["relu"][0] == "ReLU" and "QCFS" in offenders["relu"][1]
-    assert offenders["pool"][0] == "MaxPool2d" and "AvgPool2d" in offenders["pool"][1]
+    assert offenders["pool"][0] == "LPPool2d" and "AvgPool2d" in offenders["pool"][1]
     assert "sigmoid" in offenders["head"][0] and "QCFS" in offenders["head"][1]
     message = str(info.value)
     assert "3 unsupported op(s)" in message and all(p in message for p in ("relu", "pool", "head"))

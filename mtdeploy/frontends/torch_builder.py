@@ -46,9 +46,14 @@ _PRODUCT_HINT = ("integrate-and-fire neurons cannot multiply two signals; fold c
 # Hints per op, keyed by a normalised name (lower case, no underscores), which is the same for a
 # module class (MaxPool2d), a function (max_pool2d) and a TorchScript op (aten::max_pool2d).
 _HINTS = {
-    **dict.fromkeys(["maxpool1d", "maxpool2d", "maxpool3d", "adaptivemaxpool2d",
-                     "maxpool2dwithindices", "adaptivemaxpool2dwithindices"],
-                    "replace with AvgPool2d (QCFS models use average pooling)"),
+    **dict.fromkeys(["maxpool1d", "maxpool3d", "adaptivemaxpool1d", "adaptivemaxpool3d",
+                     "lppool1d", "lppool2d", "fractionalmaxpool2d"],
+                    "replace with AvgPool2d or MaxPool2d (2-D max pooling is exact with "
+                    "avg-repeat alignment)"),
+    **dict.fromkeys(["maxpool2d", "adaptivemaxpool2d", "maxpool2dwithindices",
+                     "adaptivemaxpool2dwithindices"],
+                    "use an nn.MaxPool2d / nn.AdaptiveMaxPool2d(1) module without return_indices "
+                    "(or AvgPool2d): a functional max pool's options are not read"),
     **dict.fromkeys(["relu", "relu6", "leakyrelu", "prelu", "gelu", "silu", "elu", "selu", "celu",
                      "hardtanh", "hardswish", "hardsigmoid", "mish", "softplus", "threshold",
                      "sigmoid", "tanh", "logsigmoid"], _QCFS_HINT),

@@ -73,6 +73,9 @@ class NodeKind:
     #: one kernel per output channel serves every position, so a core stores it once
     #: (conv, pooling, element-wise ops); False for dense matrices
     shift_invariant: ClassVar[bool] = True
+    #: its integer forward is a linear map (backends may hold it as a matrix or kernel); False
+    #: for max pooling, which is exact only on whole-window spike counts (avg-repeat alignment)
+    linear_map: ClassVar[bool] = True
 
     # ---- import ---------------------------------------------------------------------------
     def from_torch(self, module: "nn.Module") -> tuple[dict[str, Any], dict[str, np.ndarray]]:

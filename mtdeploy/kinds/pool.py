@@ -1,5 +1,5 @@
 """Average pooling: ``avgpool`` (AvgPool2d, AdaptiveAvgPool2d(1)) and ``avgpool1d`` (AvgPool1d,
-AdaptiveAvgPool1d(1)).
+AdaptiveAvgPool1d(1)); max pooling: ``maxpool`` (MaxPool2d, AdaptiveMaxPool2d(1)).
 
 Float: the mean over each window. Integer: a *sum* pool, its ``1/k`` left to the downstream
 weights (``divisor``), so the hardware only adds. Padding counts as zeros in the divisor
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtdeploy.errors import InputError
-from mtdeploy.ir.kind import NodeKind, dims3, register
+from mtdeploy.ir.kind import KINDS, NodeKind, dims3, register
 from mtdeploy.kinds.common import (channels_and_sizes, pair, script_option, single,
                                    sliding_output, window)
 
@@ -126,3 +126,69 @@ class AvgPoolKind(_AveragePool):
 class AvgPool1dKind(_AveragePool):
     name, spatial, pool_type, adaptive_type = "avgpool1d", 1, nn.AvgPool1d, nn.AdaptiveAvgPool1d
     description = "1-D average pooling over (C, L) (AdaptiveAvgPool1d only to 1, as a global pool)"
+
+
+@register
+class MaxPoolKind(NodeKind):
+    """2-D max pooling (MaxPool2d without dilation, ceil mode or indices; AdaptiveMaxPool2d
+    only to 1x1, as a global pool).
+
+    Exact only where its input is a whole window's spike counts: with average-and-repeat
+    alignment every step of the consumer's window carries each producer neuron's count (times
+    a positive scale), so the max over those equals the ANN's max over QCFS outputs (max
+    commutes with a positive scale and with a per-channel bias). With ``ttm``/``none`` the
+    tree sees spikes step by step, and a max over spikes is not a max over counts: conversion
+    refuses it (docs/semantics.md). Integer form: the same max (no divisor); padding is -inf.
+    """
+
+    name = "maxpool"
+    torch_types = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+    linear_map = False
+    description = "2-D max pooling (exact with avg-repeat alignment; AdaptiveMaxPool2d only to 1x1)"
+
+    def from_torch(self, m):
+        if isinstance(m, nn.AdaptiveMaxPool2d):
+            if m.return_indices or any(s != 1 for s in pair(m.output_size)):
+                raise InputError(f"AdaptiveMaxPool2d(output_size={m.output_size}) is supported "
+                                 "only with output_size 1 and no indices")
+            return {"global": True, "kernel": None, "stride": None, "padding": [0, 0]}, {}
+        if m.ceil_mode or m.return_indices or pair(m.dilation) != [1, 1]:
+            raise InputError("MaxPool2d with ceil_mode, return_indices or dilation is not "
+                             "supported")
+        kernel = pair(m.kernel_size)
+        stride = pair(m.stride) if m.stride is not None else kernel
+        return {"global": False, "kernel": kernel, "stride": stride,
+                "padding": pair(m.padding)}, {}
+
+    def from_script(self, sm):
+        if sm.original_name.startswith("Adaptive"):
+            size = script_option(sm, "output_size", "aten::adaptive_max_pool2d", 1)
+            return nn.AdaptiveMaxPool2d(tuple(size) if isinstance(size, list) else size)
+        op = "aten::max_pool2d"
+        return nn.MaxPool2d(script_option(sm, "kernel_size", op, 1),
+                            script_option(sm, "stride", op, 2) or None,
+                            script_option(sm, "padding", op, 3),
+                            script_option(sm, "dilation", op, 4),
+                            ceil_mode=script_option(sm, "ceil_mode", op, 5))
+
+    def to_module(self, node):
+        a = node.attrs
+        if a.get("global"):
+            return nn.AdaptiveMaxPool2d(1)
+        return nn.MaxPool2d(tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
+
+    def infer_shape(self, node, in_shapes):
+        return KINDS["avgpool"].infer_shape(node, in_shapes)
+
+    def forward(self, node, x):
+        a = node.attrs
+        return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"])
+
+    def forward_int(self, node, x):
+        return self.forward(node, x)
+
+    def input_box(self, node, in_shapes, index, box):
+        return KINDS["avgpool"].input_box(node, in_shapes, index, box)
+
+    def int_gain(self, node, index=0):
+        return 1.0          # a max of its inputs

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtdeploy.passes.schedule import latency
+from mtdeploy.targets.resources import ann_synapses
 
 E_MAC_45NM_PJ = 4.6
 E_AC_45NM_PJ = 0.9
@@ -24,7 +25,8 @@ E_AC_45NM_PJ = 0.9
 
 def schedule_steps(net) -> dict:
     """The network's latency figures, from the windows its schedule gave it."""
-    spiking = [p.T for n, p in net.populations.items() if p.on_chip and n != net.readout]
+    spiking = [p.T for n, p in net.populations.items()
+               if p.on_chip and n != net.readout and p.stage_of is None]
     return {"windows": {n: list(w) for n, w in net.windows.items()},
             **latency(net.windows, spiking, net.readout,
                       [p.window for p in net.populations.values() if p.on_chip], net.hop_steps)}
@@ -60,7 +62,7 @@ def estimate(net, placement, profile, spike_counts=None) -> dict:
     spikes = net.spikes_per_neuron(spike_counts)
     synops = sum(e.synapses(p.shape) * spikes[e.producer]
                  for p in net.populations.values() for e in p.edges)
-    macs = sum(p.synapses() for p in net.populations.values())
+    macs = ann_synapses(net)
     updates = sum(p.size * p.window for p in net.populations.values() if p.on_chip)
     inter = placement.inter_chip_messages
     intra = placement.total_messages - inter

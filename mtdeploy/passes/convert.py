@@ -135,6 +135,12 @@ def insert_alignment(graph: Graph, method: str = "avg-repeat") -> Graph:
     """
     if method not in ALIGN_METHODS:
         raise InputError(f"alignment must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
+    counts_only = [n.label() for n in graph if not kind_of(n).linear_map]
+    if counts_only and method != "avg-repeat":
+        raise InputError(f"{', '.join(counts_only)}: max pooling is exact only on whole-window "
+                         f"spike counts, which alignment avg-repeat provides; with {method!r} "
+                         "the consumer sees spikes step by step and a max over them is not the "
+                         "ANN's max (use --alignment avg-repeat)")
     mismatches = []
     for pop in populations(graph):
         for edge in incoming_edges(graph, pop):

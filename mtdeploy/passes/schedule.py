@@ -4,7 +4,9 @@ The timing rule is stated once, in :func:`windows`: a population behind an align
 accumulator starts ``hop_steps`` after every such producer's window has closed (it needs the
 whole accumulated current); a streamed edge lets it start ``hop_steps`` after the producer's
 output steps begin (the tail of its window). ``hop_steps`` is the target's steps per synapse
-hop (a profile's ``timing.hop_steps``; Lava's Dense/Conv processes take 1).
+hop (a profile's ``timing.hop_steps``; Lava's Dense/Conv processes take 1). An edge whose fan-in
+was split into partial-sum stages (``attrs["fan_in_split"]`` on the consumer, set by
+:mod:`mtdeploy.targets.fanin`) takes one more hop: producer -> partial compartments -> neuron.
 
 :func:`schedule` applies the rule to a converted graph and stores the result on it (each
 population's ``attrs["window"]``, ``graph.meta["schedule"]``); the Lava backend, the energy
@@ -19,22 +21,29 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_readout, is_source, populations
 
 
-def windows(order: Iterable[str], edges: Callable[[str], list[tuple[str, bool]]],
+def windows(order: Iterable[str], edges: Callable[[str], list[tuple]],
             steps: Callable[[str], int], length: Callable[[str], int],
             hop_steps: int) -> dict[str, tuple[int, int]]:
     """``[start, end)`` of every population, in topological ``order``.
 
-    ``edges(name)`` lists (producer, aligned) pairs; ``steps(name)`` is T (the output steps,
-    the tail of the window); ``length(name)`` the window (T, or 2T for TPP). A population
-    without producers (the input) occupies [0, length).
+    ``edges(name)`` lists (producer, aligned[, hops]) tuples, ``hops`` the synapse hops on the
+    edge (1, or 2 through partial-sum stages); ``steps(name)`` is T (the output steps, the tail
+    of the window); ``length(name)`` the window (T, or 2T for TPP). A population without
+    producers (the input) occupies [0, length).
     """
     out: dict[str, tuple[int, int]] = {}
     for name in order:
-        starts = [(out[p][1] if aligned else out[p][1] - steps(p)) + hop_steps
-                  for p, aligned in edges(name)]
+        starts = [(out[p][1] if aligned else out[p][1] - steps(p)) + hop_steps * hops
+                  for p, aligned, hops in ((*e, 1)[:3] for e in edges(name))]
         start = max(starts, default=0)
         out[name] = (start, start + length(name))
     return out
+
+
+def edge_hops(pop, producer: str) -> int:
+    """Synapse hops from ``producer`` into population ``pop``: one, plus one where the edge's
+    fan-in was split into partial-sum stages (docs/semantics.md §5)."""
+    return 1 + (producer in pop.attrs.get("fan_in_split", {}))
 
 
 def latency(windows_: dict[str, tuple[int, int]], spiking_T: list[int], readout: str,
@@ -56,7 +65,8 @@ def schedule(graph: Graph, hop_steps: int = 1) -> dict:
     pops = populations(graph)
     edges = {p.name: incoming_edges(graph, p) for p in pops}
     wins = windows([p.name for p in pops],
-                   lambda n: [(e.producer, e.align is not None) for e in edges[n]],
+                   lambda n: [(e.producer, e.align is not None, edge_hops(graph[n], e.producer))
+                              for e in edges[n]],
                    lambda n: int(graph[n].T),
                    lambda n: 1 if is_source(graph[n]) else kind_of(graph[n]).window_length(graph[n]),
                    hop_steps)

@@ -19,6 +19,7 @@ from mtdeploy.metrics.energy import estimate
 from mtdeploy.passes.quantize import STATE_BITS, mantissa_bits
 from mtdeploy.targets.partition import Placement, partition
 from mtdeploy.targets.profiles import Profile, list_profiles, load_profile
+from mtdeploy.targets.fanin import plan_splits, with_stages
 from mtdeploy.targets.resources import RESOURCES, Network, extract, limits
 
 # per-core resources: rule name, unit divisor (bits -> bytes), unit
@@ -79,7 +80,7 @@ class CheckReport:
             pc = r["per_core"]
             lines.append(f"| {r['layer']} | {r['T']} | {r['neurons']:,} | {r['synapses']:,} | "
                          f"{r['synaptic_memory_bytes']:,} | {'/'.join(r['encoding']) or '-'} | "
-                         f"{'x'.join(map(str, r['tiling']))} | {r['cores']} | "
+                         f"{_tiling(r)} | {r['cores']} | "
                          + " | ".join(f"{_num(pc[k][0])}/{_num(pc[k][1])}"
                                       for k in ("neurons", "state_bytes", "synaptic_bytes",
                                                 "fan_in", "fan_out")) + " |")
@@ -96,6 +97,11 @@ class CheckReport:
                   f"{en['paper_energy']['ann_uJ']:.4g} uJ.",
                   f"Profile assumptions (unpublished figures): {', '.join(self.assumptions) or 'none'}."]
         return "\n".join(lines)
+
+
+def _tiling(row: dict) -> str:
+    tiles = "x".join(map(str, row["tiling"]))
+    return f"{row['stages']} stages of {tiles}" if "stages" in row else tiles
 
 
 def _num(x) -> str:
@@ -145,7 +151,7 @@ def rule_state_bits(graph: Graph, net: Network, profile: Profile, placement) -> 
             if e.gain is None:
                 peak = None
                 break
-            amp = amp_in if not net.populations[e.producer].on_chip else 1
+            amp = amp_in if not _source(net, e).on_chip else 1
             peak += e.t_in * e.gain * amp
         if peak and peak > top:
             out.append(Finding("state_range", pop.label,
@@ -172,7 +178,7 @@ def rule_graded_input(graph: Graph, net: Network, profile: Profile, placement) -
                     f"{profile.graded_spike_bits}-bit payloads: the host must inject the input as "
                     f"bias currents or spike trains", bits, profile.graded_spike_bits, "warning")
             for pop in net.populations.values()
-            if any(not net.populations[e.producer].on_chip for e in pop.edges)]
+            if pop.stage_of is None and any(not _source(net, e).on_chip for e in pop.edges)]
 
 
 def rule_per_core(graph: Graph, net: Network, profile: Profile, placement: Placement) -> list[Finding]:
@@ -198,31 +204,98 @@ def rule_chips(graph: Graph, net: Network, profile: Profile, placement: Placemen
                     f"chip(s), {profile.total_cores} cores", chips, profile.chips)]
 
 
-RULES = (rule_weight_bits, rule_state_bits, rule_delay, rule_graded_input, rule_per_core, rule_chips)
+def rule_partial_sums(graph: Graph, net: Network, profile: Profile, placement) -> list[Finding]:
+    """A partial-sum stage forwards its block's current each step as a graded message: its
+    worst case (every input of the block active) must fit the profile's spike payload. One
+    finding per split edge, naming its consumer."""
+    top = 2 ** (profile.graded_spike_bits - 1) - 1 if profile.graded_spike_bits else 0
+    amp_in = 2 ** (int(net.meta.get("input_bits", 8)) - 1) - 1
+    worst: dict[tuple[str, str], float | None] = {}
+    for pop in net.populations.values():
+        if pop.stage_of is None:
+            continue
+        e = pop.edges[0]
+        peak = None if e.gain is None else e.gain * (
+            1 if net.populations[e.producer].on_chip else amp_in)
+        key = (pop.stage_of, e.producer)
+        before = worst.get(key, 0.0)
+        worst[key] = None if peak is None or before is None else max(before, peak)
+    out = []
+    for (consumer, producer), peak in worst.items():
+        if peak is not None and peak <= top:
+            continue
+        label = net.populations[consumer].label
+        out.append(Finding("partial_sum_range", label,
+                           f"{label}: a partial sum of its input from "
+                           f"{net.populations[producer].label} can reach "
+                           f"{'an unknown value' if peak is None else f'{peak:.4g}'}, beyond the "
+                           f"profile's {profile.graded_spike_bits}-bit graded spikes", peak, top))
+    return out
+
+
+def _source(net: Network, e) -> "object":
+    """The population an edge's values come from (through a partial-sum stage, its input)."""
+    src = net.populations[e.producer]
+    return net.populations[src.edges[0].producer] if src.stage_of is not None else src
+
+
+def staged(net: Network, profile: Profile) -> Network:
+    """``net`` with the partial-sum stages its fan-in needs on ``profile`` (targets/fanin.py)."""
+    return with_stages(net, plan_splits(net, profile))
+
+
+RULES = (rule_weight_bits, rule_state_bits, rule_delay, rule_graded_input, rule_partial_sums,
+         rule_per_core, rule_chips)
 
 
 # ---- the check ---------------------------------------------------------------------------------
 def _layer_rows(net: Network, profile: Profile, placement: Placement) -> list[dict]:
+    """One row per population; the partial-sum stages of one split edge share one row."""
     lim = limits(profile)
-    rows = []
+    rows: list[dict] = []
+    stage_rows: dict[tuple[str, str], dict] = {}
     for name, lp in placement.layers.items():
         pop = net.populations[name]
-        peak = lp.usage().max(0)
-        per_core = {"neurons": (peak[0], lim[0]), "state_bytes": (peak[1] / 8, lim[1] / 8),
-                    "synaptic_bytes": (peak[2] / 8, lim[2] / 8), "fan_in": (peak[3], lim[3]),
-                    "fan_out": (peak[4], lim[4])}
-        rows.append({"layer": pop.label, "node": name, "T": pop.T, "window": pop.window,
-                     "neurons": pop.size, "accumulators": pop.size * pop.accumulators,
-                     "synapses": int(lp.cost.synapses.sum()),
-                     "synaptic_memory_bytes": int(math.ceil(lp.cost.synaptic_bits.sum() / 8)),
-                     "state_memory_bytes": int(math.ceil(lp.cost.state_bits.sum() / 8)),
-                     "encoding": lp.cost.encodings,
-                     "producers": [e.producer for e in pop.edges],
-                     "tiling": list(lp.tiling.counts), "tiles": lp.tiling.n_tiles,
-                     "cores": int(len(placement.layer_cores(name))),
-                     "synops": float(lp.cost.synops.sum()),
-                     "per_core": {k: [float(u), float(m)] for k, (u, m) in per_core.items()}})
+        row = _layer_row(net, placement, name, lp, lim)
+        if pop.stage_of is None:
+            rows.append(row)
+            continue
+        key = (pop.stage_of, pop.edges[0].producer)
+        if key not in stage_rows:
+            consumer = net.populations[pop.stage_of].label
+            producer = net.populations[key[1]].label
+            row.update(layer=f"{consumer} [partial sums of {producer}]", node=f"{key[0]}/partial",
+                       stages=1)
+            rows.append(row)
+            stage_rows[key] = row
+            continue
+        into = stage_rows[key]
+        into["stages"] += 1
+        for k in ("neurons", "accumulators", "synapses", "synaptic_memory_bytes",
+                  "state_memory_bytes", "tiles", "cores", "synops"):
+            into[k] += row[k]
+        for k, (used, _) in row["per_core"].items():
+            into["per_core"][k][0] = max(into["per_core"][k][0], used)
     return rows
+
+
+def _layer_row(net: Network, placement: Placement, name: str, lp, lim) -> dict:
+    pop = net.populations[name]
+    peak = lp.usage().max(0)
+    per_core = {"neurons": (peak[0], lim[0]), "state_bytes": (peak[1] / 8, lim[1] / 8),
+                "synaptic_bytes": (peak[2] / 8, lim[2] / 8), "fan_in": (peak[3], lim[3]),
+                "fan_out": (peak[4], lim[4])}
+    return {"layer": pop.label, "node": name, "T": pop.T, "window": pop.window,
+            "neurons": pop.size, "accumulators": pop.size * pop.accumulators,
+            "synapses": int(lp.cost.synapses.sum()),
+            "synaptic_memory_bytes": int(math.ceil(lp.cost.synaptic_bits.sum() / 8)),
+            "state_memory_bytes": int(math.ceil(lp.cost.state_bits.sum() / 8)),
+            "encoding": list(dict.fromkeys(lp.cost.encodings)),
+            "producers": [e.producer for e in pop.edges],
+            "tiling": list(lp.tiling.counts), "tiles": lp.tiling.n_tiles,
+            "cores": int(len(placement.layer_cores(name))),
+            "synops": float(lp.cost.synops.sum()),
+            "per_core": {k: [float(u), float(m)] for k, (u, m) in per_core.items()}}
 
 
 def _evaluate(graph: Graph, net: Network, profile: Profile, spike_counts, strategy: str,
@@ -234,12 +307,12 @@ def _evaluate(graph: Graph, net: Network, profile: Profile, spike_counts, strate
     return findings, placement
 
 
-def _smallest_fitting(graph, net, current: Profile, spike_counts, cache) -> str | None:
-    neurons = sum(p.size for p in net.populations.values() if p.on_chip)
+def _smallest_fitting(graph, base, current: Profile, spike_counts, cache) -> str | None:
+    neurons = sum(p.size for p in base.populations.values() if p.on_chip and p.stage_of is None)
     for cand in list_profiles():
         if cand.name == current.name or cand.total_neurons < neurons:
             continue
-        findings, _ = _evaluate(graph, net, cand, spike_counts, "greedy", cache)
+        findings, _ = _evaluate(graph, staged(base, cand), cand, spike_counts, "greedy", cache)
         if not any(f.severity == "error" for f in findings):
             return cand.name
     return None
@@ -255,7 +328,8 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
     """
     start = time.perf_counter()
     profile = load_profile(profile)
-    net = extract(graph, profile.hop_steps)
+    base = extract(graph, profile.hop_steps)
+    net = staged(base, profile)
     cache: dict = {}
     findings, placement = _evaluate(graph, net, profile, spike_counts, strategy, cache)
     est = estimate(net, placement, profile, spike_counts)
@@ -275,6 +349,6 @@ def check(graph: Graph, profile: str | Profile, spike_counts: dict[str, float] |
                          {k: est[k] for k in ("activity", "energy_uJ", "energy_parts_uJ", "paper_energy")},
                          est["latency"], assumptions=profile.assumptions())
     if suggest and not report.fits:
-        report.smallest_fitting_profile = _smallest_fitting(graph, net, profile, spike_counts, cache)
+        report.smallest_fitting_profile = _smallest_fitting(graph, base, profile, spike_counts, cache)
     report.seconds = time.perf_counter() - start
     return report

@@ -86,6 +86,7 @@ class Population:
     on_chip: bool          # False: the input, injected by the host
     edges: list[Synapses] = field(default_factory=list)
     node: Node | None = None
+    stage_of: str | None = None    # a partial-sum stage of this consumer (targets/fanin.py)
 
     @property
     def size(self) -> int:
@@ -376,6 +377,13 @@ class TileCost:
     encodings: list[str]
     reads: list[np.ndarray]      # per edge: producer neurons each tile reads (its fan-in share)
     edge_synapses: list[np.ndarray]   # per edge: synapses of each tile
+
+
+def ann_synapses(net: Network) -> int:
+    """Synapses of the network as the ANN has them: partial-sum stages hold the split edges'
+    synapses, and their unit edges into the consumer are not the model's."""
+    return sum(e.synapses(p.shape) for p in net.populations.values() for e in p.edges
+               if net.populations[e.producer].stage_of is None)
 
 
 def weight_bits(edge: Synapses, net: Network, profile) -> int:

@@ -30,6 +30,8 @@ from mtdeploy.targets.loihi2.lava.neurons import (NEURON_MODELS, POPULATION_KIND
 from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, SampleSource
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
+from mtdeploy.targets.loihi2.lava.stages import (COUNT_STAGES, count_stage, count_windows,
+                                                  counts_max, tail_entry)
 from mtdeploy.targets.loihi2.lava.tables import Build
 from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, samples_in_flight, stream_delay,
                                              timing_process)
@@ -49,6 +51,7 @@ class EdgeInfo:
         return {"from": self.producer, "align": self.align, "method": self.method,
                 "synapse": s.synapse, "processes": s.processes, "nnz": s.nnz,
                 "max_abs_weight": s.max_abs_weight, "weight_digits": s.digits,
+                "partial_sums": s.partial_sums,
                 "delay": self.delay, "samples_in_flight": self.in_flight}
 
 
@@ -124,8 +127,13 @@ def _edge_groups(graph: Graph, pop: Node) -> dict[str, list[Edge]]:
 
 def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports: dict[str, Any],
                 neuron, processes: Counter) -> EdgeInfo:
-    """producer -> synapses -> [align process | delay line] -> neuron, for one edge group."""
+    """producer -> synapses -> [align process | delay line] -> neuron, for one edge group
+    (or, through a counts stage, producer -> align -> stage -> synapses -> neuron)."""
     edge = edges[0]
+    head = count_stage(build, pop, edge)
+    if head is not None:
+        return _lower_counts_edge(build, pop, edge, head, len(edges) == 1, out_ports, neuron,
+                                  processes)
     stage, delay = timing_process(build, pop, edge, key)
     target = neuron.a_in
     if stage is not None:
@@ -139,6 +147,24 @@ def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports:
     return _edge_info(build, edge, delay, synapse, processes, depth)
 
 
+def _lower_counts_edge(build: Build, pop: Node, edge: Edge, head: Node, single: bool,
+                       out_ports: dict[str, Any], neuron, processes: Counter) -> EdgeInfo:
+    """producer -> avg-repeat align (counts) -> the head's stage process -> synapses of the
+    rest of the tree (graded counts) -> neuron (stages.py)."""
+    graph, producer = build.graph, build.graph[edge.producer]
+    align_node = graph[edge.align]
+    in_start, out_start, depth = count_windows(build, pop, edge)
+    align = ALIGN_METHODS.of("avg-repeat", align_node)(build, align_node, in_start, out_start,
+                                                       lava_shape(producer.shape))
+    stage = COUNT_STAGES.of(head.kind, head)(build, head)
+    out_ports[edge.producer].connect(align.a_in)
+    align.a_out.connect(stage.a_in)
+    processes.update([type(align).__name__, type(stage).__name__])
+    wire = Wire(producer, head.name, tail_entry(graph, head, single), stage.a_out, neuron.a_in,
+                counts_max=counts_max(build, edge, head))
+    return _edge_info(build, edge, 0, connect_synapses(build, pop, wire), processes, depth)
+
+
 def _layer_info(build: Build, pop: Node) -> LayerInfo:
     return LayerInfo(pop.name, pop.kind, pop.attrs.get("neuron"), int(pop.T), build.window(pop),
                      tuple(pop.shape), lava_shape(pop.shape))
@@ -147,6 +173,8 @@ def _layer_info(build: Build, pop: Node) -> LayerInfo:
 def _edge_info(build: Build, edge: Edge, delay: int, synapse: SynapseInfo,
                processes: Counter, depth: int = 1) -> EdgeInfo:
     processes[synapse.synapse] += synapse.processes
+    if synapse.partial_sums:
+        processes["PartialSum"] += synapse.partial_sums
     method = build.graph[edge.align].attrs["method"] if edge.align else None
     return EdgeInfo(edge.producer, edge.align, method, delay, synapse, depth)
 
@@ -164,6 +192,11 @@ def plan_layers(build: Build) -> dict[str, LayerInfo]:
         info.processes[_neuron_process_name(pop)] += 1
         for key, edges in _edge_groups(build.graph, pop).items():
             edge = edges[0]
+            head = count_stage(build, pop, edge)
+            if head is not None:
+                info.edges.append(_plan_counts_edge(build, pop, edge, head, len(edges) == 1,
+                                                    info.processes))
+                continue
             stage, delay = _timing_process_name(build, pop, edge)
             if stage is not None:
                 info.processes[stage] += 1
@@ -173,6 +206,19 @@ def plan_layers(build: Build) -> dict[str, LayerInfo]:
             info.edges.append(_edge_info(build, edge, delay, synapse, info.processes,
                                          samples_in_flight(build, pop, edge)))
     return layers
+
+
+def _plan_counts_edge(build: Build, pop: Node, edge: Edge, head: Node, single: bool,
+                      processes: Counter) -> EdgeInfo:
+    """What :func:`_lower_counts_edge` builds, without building it."""
+    graph = build.graph
+    align_node = graph[edge.align]
+    processes.update([_returned(ALIGN_METHODS.of("avg-repeat", align_node)),
+                      _returned(COUNT_STAGES.of(head.kind, head))])
+    wire = Wire(graph[edge.producer], head.name, tail_entry(graph, head, single), None, None,
+                counts_max=counts_max(build, edge, head))
+    synapse = plan_synapses(build, pop, wire).info
+    return _edge_info(build, edge, 0, synapse, processes, count_windows(build, pop, edge)[2])
 
 
 def _returned(builder) -> str | None:

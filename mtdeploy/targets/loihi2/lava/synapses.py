@@ -16,9 +16,15 @@ exact right shift of an even sum); a matrix with entries beyond [-128, 127] (sum
 is split into base-256 digit matrices, one synapse process each, with ``weight_exp = 8k - 1``.
 Lava's ``Conv`` ignores ``weight_exp`` and wraps its output to 24 bits, so a conv becomes
 ``Conv`` only when its worst-case output fits.
+
+An edge whose fan-in was split (``attrs["fan_in_split"]`` on the consumer, targets/fanin.py)
+becomes, per block of the producer, the matrix restricted to that block's columns (every digit
+process of the whole matrix, masked) into a ``PartialSum`` process, which forwards the block's
+current one hop later; the consumer's port adds the blocks, so the sum is the unsplit edge's.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,11 +37,14 @@ from lava.utils.weightutils import SignMode
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
+from mtdeploy.ir.kind import dims3
 from mtdeploy.ir.snn import is_source
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.passes.quantize import mantissa_bits
+from mtdeploy.targets.fanin import block_bounds
 from mtdeploy.targets.loihi2.forms import ConvForm
-from mtdeploy.targets.loihi2.lava.layout import lava_shape
+from mtdeploy.targets.loihi2.lava.layout import lava_order, lava_shape
+from mtdeploy.targets.loihi2.lava.procs.process import PartialSum
 from mtdeploy.targets.loihi2.lava.projection import (ProbedForm, edge_chain, edge_form,
                                                      edge_matrix, gain_on, matrix_figures,
                                                      to_lava_matrix, weight_digits)
@@ -57,6 +66,7 @@ class SynapseInfo:
     nnz: int
     max_abs_weight: float
     digits: int = 1         # base-256 weight digits (one process each)
+    partial_sums: int = 0   # PartialSum stages of a split fan-in (one per producer block)
 
 
 @dataclass
@@ -70,9 +80,12 @@ class Wire:
     entry: str | None
     src: Any                # producer's OutPort
     dst: Any                # InPort of the edge's timing process, or of the neuron
+    counts_max: int = 0     # > 0: graded spike counts up to this (behind a counts stage)
 
     def message_bits(self, build: Build) -> int:
-        """0 for binary spikes; the quantized input width for the graded input."""
+        """0 for binary spikes; the quantized input width for the graded input or counts."""
+        if self.counts_max:
+            return GRADED_BITS
         if not is_source(self.producer):
             return 0
         return int(build.graph.meta.get("input_bits", GRADED_BITS)) if build.fixed_point \
@@ -108,6 +121,11 @@ def plan_synapses(build: Build, pop: Node, wire: Wire) -> SynapsePlan:
     """The edge's synapses: the head node's own process (a plain conv), else in fixed point
     the edge's form (:func:`~.projection.edge_form`) as a ``Conv`` where it is a kernel that
     fits one, else its matrix as Dense/Sparse digit processes."""
+    blocks = pop.attrs.get("fan_in_split", {}).get(wire.producer.name)
+    if blocks and math.prod(blocks) > 1:
+        form = edge_form(build.graph, pop, wire.key) if build.fixed_point else \
+            ProbedForm(edge_matrix(build.graph, pop, wire.key, False))
+        return _matrix_plan(build, pop, wire, form, not build.fixed_point, tuple(blocks))
     head = _own_process_head(build, pop, wire)
     if head is not None:
         plan = OWN_PROCESS_KINDS.of(head.kind, head)(build, pop, wire, head)
@@ -190,37 +208,63 @@ def _conv_weights(build: Build, key: str, conv: Node) -> np.ndarray:
 
 def _conv_worst_output(build: Build, wire: Wire, w: np.ndarray) -> float:
     """The largest |output| a fixed-point conv can produce: a kernel's |weights| summed times
-    the largest input (a spike, or the graded input's largest integer)."""
-    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) else 1
+    the largest input (a spike, a count, or the graded input's largest integer)."""
+    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) \
+        else max(1, wire.counts_max)
     return np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max
 
 
-def _matrix_plan(build: Build, pop: Node, wire: Wire, form, lava_order: bool = False) \
-        -> SynapsePlan:
+def _matrix_plan(build: Build, pop: Node, wire: Wire, form, lava_order: bool = False,
+                 blocks: tuple[int, int, int] | None = None) -> SynapsePlan:
     """The edge's matrix as Dense/Sparse processes, one per base-256 digit in fixed point,
-    all from ``wire.src`` into ``wire.dst``; decided from the form's figures, built (in
-    Lava's layouts, unless ``lava_order`` says the form already is) only on connect."""
+    all from ``wire.src`` into ``wire.dst`` (with ``blocks``: per producer block, every digit
+    process masked to the block's columns, into that block's ``PartialSum``); decided from the
+    form's figures, built (in Lava's layouts, unless ``lava_order`` says the form already is)
+    only on connect."""
     in_shape = build.graph[wire.key].shape
     size = pop.size * int(np.prod(in_shape))
     fig = matrix_figures(*form.values_and_counts())
     parts = fig.digits if build.fixed_point else [(0, fig.nnz)]
-    kinds = {_matrix_kind(build, nnz, size) for _, nnz in parts}
+    kinds = [_matrix_kind(build, nnz, size) for _, nnz in parts]
+    n_blocks = math.prod(blocks) if blocks else 1
 
     def connect(wire: Wire) -> None:
         m = form.matrix()
         m = m if lava_order else to_lava_matrix(m, pop.shape, in_shape)
         src = wire.src if len(lava_shape(in_shape)) == 1 else wire.src.flatten()
         out_shape = lava_shape(pop.shape)
-        for k, (w, exp) in enumerate(_weight_parts(build, m)):
-            proc = _matrix_process(build, w, exp, wire.message_bits(build),
-                                   name=f"{pop.name}<-{wire.key}:{k}")
-            src.connect(proc.s_in)
-            out = proc.a_out if len(out_shape) == 1 else proc.a_out.reshape(out_shape)
-            out.connect(wire.dst)
+        column_block = _column_blocks(in_shape, blocks)
+        weights = _weight_parts(build, m)
+        for b in range(n_blocks):
+            dst = wire.dst
+            if blocks:
+                stage = PartialSum(shape=out_shape, name=f"{pop.name}<-{wire.key}:partial{b}")
+                stage.a_out.connect(wire.dst)
+                dst = stage.a_in
+            for k, (w, exp) in enumerate(weights):
+                if blocks:
+                    w = sp.csr_matrix(w.multiply((column_block == b)[None, :]))
+                name = f"{pop.name}<-{wire.key}:{k}" + (f".{b}" if blocks else "")
+                proc = _matrix_process(build, w, exp, wire.message_bits(build), kinds[k], name)
+                src.connect(proc.s_in)
+                out = proc.a_out if len(out_shape) == 1 else proc.a_out.reshape(out_shape)
+                out.connect(dst)
 
-    info = SynapseInfo("+".join(sorted(kinds)), len(parts), fig.nnz, fig.max_abs,
-                       len(parts) if build.fixed_point else 1)
+    info = SynapseInfo("+".join(sorted(set(kinds))), len(parts) * n_blocks, fig.nnz, fig.max_abs,
+                       len(parts) if build.fixed_point else 1, n_blocks if blocks else 0)
     return SynapsePlan(info, connect)
+
+
+def _column_blocks(in_shape, blocks) -> np.ndarray:
+    """The producer block (C-order over ``blocks``) of each Lava-layout input column."""
+    shape = dims3(in_shape)
+    if not blocks:
+        return np.zeros(int(np.prod(shape)), np.int64)
+    ids = [np.searchsorted(block_bounds(n, k), np.arange(n), side="right") - 1
+           for n, k in zip(shape, blocks)]
+    grid = (ids[0][:, None, None] * blocks[1] + ids[1][None, :, None]) * blocks[2] \
+        + ids[2][None, None, :]
+    return grid.ravel()[lava_order(in_shape)]
 
 
 def _weight_parts(build: Build, m: sp.csr_matrix) -> list[tuple[sp.csr_matrix, int]]:
@@ -236,10 +280,11 @@ def _matrix_kind(build: Build, nnz: int, size: int) -> str:
     return "Sparse" if nnz <= build.sparse_below * size and size >= SPARSE_MIN_SIZE else "Dense"
 
 
-def _matrix_process(build: Build, w: sp.csr_matrix, weight_exp: int, bits: int, name: str):
+def _matrix_process(build: Build, w: sp.csr_matrix, weight_exp: int, bits: int, kind: str,
+                    name: str):
     kw: dict[str, Any] = dict(num_message_bits=bits, name=name)
     if build.fixed_point:
         kw.update(weight_exp=weight_exp, num_weight_bits=8, sign_mode=SignMode.MIXED)
-    if _matrix_kind(build, w.nnz, w.shape[0] * w.shape[1]) == "Sparse":
+    if kind == "Sparse":
         return Sparse(weights=w.tocsr(), **kw)
     return Dense(weights=w.toarray(), **kw)

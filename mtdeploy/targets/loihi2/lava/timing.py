@@ -11,6 +11,7 @@ from typing import Any, Callable
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.ir.snn import Edge
+from mtdeploy.passes.schedule import edge_hops
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
                                                          in_flight)
@@ -44,16 +45,17 @@ def _name(node: Node) -> str:
     return f"{node.name}:{node.attrs['method']}"
 
 
-def first_arrival(build: Build, producer: Node) -> int:
-    """Step at which the producer's first output step (the tail of its window) arrives behind
-    one synapse."""
-    return build.window(producer)[1] - int(producer.T) + build.hop
+def first_arrival(build: Build, producer: Node, pop: Node) -> int:
+    """Step at which the producer's first output step (the tail of its window) arrives at
+    ``pop``: behind one synapse, or two hops through partial-sum stages (the schedule's
+    ``edge_hops``)."""
+    return build.window(producer)[1] - int(producer.T) + build.hop * edge_hops(pop, producer.name)
 
 
 def stream_delay(build: Build, pop: Node, producer: Node) -> int:
     """Steps a streamed edge must wait: the consumer starts at the latest of its inputs, which
     can be after this producer's first output arrives."""
-    delay = build.window(pop)[0] - first_arrival(build, producer)
+    delay = build.window(pop)[0] - first_arrival(build, producer, pop)
     if delay < 0:
         raise InputError(f"{pop.label()}: starts before its streamed input {producer.label()} "
                          "arrives; the schedule is inconsistent")
@@ -66,7 +68,7 @@ def samples_in_flight(build: Build, pop: Node, edge: Edge) -> int:
     if edge.align is None:
         return 1
     node = build.graph[edge.align]
-    first = first_arrival(build, build.graph[node.inputs[0]])
+    first = first_arrival(build, build.graph[node.inputs[0]], pop)
     return in_flight(first, build.window(pop)[0] + int(node.attrs["t_out"]), build.period)
 
 
@@ -77,7 +79,7 @@ def timing_process(build: Build, pop: Node, edge: Edge, key: str) -> tuple[Any |
     if edge.align is not None:
         node = graph[edge.align]
         builder = ALIGN_METHODS.of(node.attrs["method"], node)
-        in_start = first_arrival(build, graph[node.inputs[0]])
+        in_start = first_arrival(build, graph[node.inputs[0]], pop)
         return builder(build, node, in_start, build.window(pop)[0], shape), 0
     delay = stream_delay(build, pop, graph[edge.producer])
     if not delay:

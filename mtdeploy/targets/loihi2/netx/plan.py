@@ -19,6 +19,7 @@ import torch
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.findings import Finding, errors
 from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
 from mtdeploy.sim.reference import tree_int_forward
@@ -151,6 +152,11 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
                        f"{prev.name!r}): stock NetX is a chain in which each layer reads the "
                        "layer before it; residual adds, concatenations and skip connections "
                        "are not expressible")
+    nonlinear = [n.label() for n in tree_nodes(graph, pop) if not kind_of(n).linear_map]
+    if nonlinear:
+        return Finding("structure", pop.label(), f"its synapses pass through max pooling "
+                       f"({', '.join(nonlinear)}), which is not a linear map: stock NetX has no "
+                       "max pool layer (the /mtdeploy extension holds it)")
     edge = edges[0]
     drive = 1.0 / float_gain(graph[edge.align].attrs) if edge.align else 1.0
     try:

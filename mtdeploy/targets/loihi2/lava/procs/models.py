@@ -17,8 +17,9 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from mtdeploy.kinds import rng
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
-                                                         IFNeuron, Readout, SampleSource,
-                                                         TPPNeuron)
+                                                         IFNeuron, MaxPool, PartialSum,
+                                                         Readout,
+                                                         SampleSource, TPPNeuron)
 
 STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1   # 24-bit membrane (semantics §3)
 I64 = np.int64
@@ -207,6 +208,23 @@ class _DelayBase(PyLoihiProcessModel):
 
 
 _models(DelayLine, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo": ("var", 32)})
+# a partial sum is a one-step delay of its block's current (24-bit graded payload, checked by
+# the budget checker's partial_sum_range rule)
+_models(PartialSum, _DelayBase, {"a_in": ("in", 32), "a_out": ("out", 32), "fifo": ("var", 32)})
+
+
+class _MaxPoolBase(PyLoihiProcessModel):
+    def run_spk(self):
+        a = self.a_in.recv()                       # (W, H, C)
+        p = self.proc_params
+        (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
+        low = np.iinfo(np.int64).min if np.issubdtype(a.dtype, np.integer) else -np.inf
+        x = np.pad(a.transpose(2, 1, 0), ((0, 0), (ph, ph), (pw, pw)), constant_values=low)
+        win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        self.a_out.send(np.ascontiguousarray(win.max(axis=(3, 4)).transpose(2, 1, 0)) * p["gain"])
+
+
+_models(MaxPool, _MaxPoolBase, {"a_in": ("in", 32), "a_out": ("out", 32)})
 
 
 # ---- readout ------------------------------------------------------------------------------

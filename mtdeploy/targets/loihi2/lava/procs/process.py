@@ -180,6 +180,38 @@ class DelayLine(AbstractProcess):
         self.fifo = Var(shape=(int(delay), *shape), init=0)
 
 
+class PartialSum(AbstractProcess):
+    """A partial-sum stage of a split fan-in (targets/fanin.py): non-spiking compartments, one
+    per consumer neuron, that receive one block's share of the consumer's synaptic current and
+    forward it, as a graded message, one step (one hop) later; the consumer's input port adds
+    the stages' messages."""
+
+    def __init__(self, *, shape, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        super().__init__(shape=shape, delay=1, name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.fifo = Var(shape=(1, *shape), init=0)
+
+
+class MaxPool(AbstractProcess):
+    """Max pooling of integer counts, in the step it receives them: (W, H, C) in, (W', H', C)
+    out, windows of ``kernel`` every ``stride`` over the map padded by ``padding`` (pads never
+    win: every window holds at least one real element), times ``gain`` (the gain on the pool's
+    input: a max commutes with it). Sits behind an avg-repeat align
+    process, whose output is each producer neuron's spike count (docs/semantics.md)."""
+
+    def __init__(self, *, in_shape, out_shape, kernel, stride, padding, gain: int = 1,
+                 name: str | None = None):
+        in_shape, out_shape = (tuple(int(s) for s in x) for x in (in_shape, out_shape))
+        if int(gain) < 0:
+            raise ValueError(f"a max commutes only with a non-negative gain, got {gain}")
+        super().__init__(kernel=[int(k) for k in kernel], stride=[int(s) for s in stride],
+                         padding=[int(p) for p in padding], gain=int(gain), name=name)
+        self.a_in = InPort(shape=in_shape)
+        self.a_out = OutPort(shape=out_shape)
+
+
 class Readout(AbstractProcess):
     """Accumulates its input current plus ``bias`` over ``window``; stores sample n's sum in
     ``result[n]`` at the window's last step (host converts to ANN units)."""
