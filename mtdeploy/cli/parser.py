@@ -112,8 +112,9 @@ def _add_simulate(sub) -> None:
     s = sub.add_parser("simulate", help="run a build on inputs")
     s.add_argument("build", type=path, help=BUILD_HELP)
     s.add_argument("--input", type=path, required=True,
-                   help="X.npy (N, *input_shape; memory-mapped, read a batch at a time) or a "
-                   "labelled .npz (x, y)")
+                   help="X.npy (N, *input_shape; memory-mapped, read a batch at a time), a "
+                   "labelled .npz (x, y), or IDX data (an images file with its labels file "
+                   "beside it, or a directory holding one pair; .gz or plain)")
     s.add_argument("--backend", default="reference", choices=["reference", "lava"])
     s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
     s.add_argument("--float32", dest="precision", action="store_const", const="float32",
@@ -164,7 +165,7 @@ def _add_ladder(sub) -> None:
     la = sub.add_parser("ladder", help="layer by layer: QCFS ANN -> float SNN -> fixed-point "
                         "SNN -> Lava; names the first layer that diverges")
     la.add_argument("build", type=path, help=BUILD_HELP)
-    la.add_argument("--input", type=path, required=True, help="X.npy or a labelled .npz (a few samples: "
+    la.add_argument("--input", type=path, required=True, help="X.npy, a labelled .npz or IDX data (a few samples: "
                     "Lava's CPU simulator is slow)")
     la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
     _add_device(la)
@@ -173,9 +174,10 @@ def _add_ladder(sub) -> None:
 def _add_search(sub) -> None:
     se = sub.add_parser("search", help="per-layer timestep search under a budget")
     _add_model(se, "profile for core counts (cores= budget)")
-    se.add_argument("--data", type=path, required=True, help="labelled samples (.npz with x, y); split into "
+    se.add_argument("--data", type=path, required=True, help="labelled samples (.npz with x, y, or IDX "
+                    "images with labels beside them, or a directory of one pair); split into "
                     "calibration and validation unless --val is given")
-    se.add_argument("--val", type=path, help="separate validation data (.npz with x, y)")
+    se.add_argument("--val", type=path, help="separate validation data (.npz with x, y, or IDX)")
     se.add_argument("--val-fraction", type=float, default=0.3,
                     help="share of --data held out for validation (default 0.3, stratified)")
     se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "

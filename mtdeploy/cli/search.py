@@ -84,7 +84,8 @@ def _data(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def _labelled(path, what: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_samples(path)
     if y is None:
-        raise InputError(f"{path}: the {what} data needs labels: an .npz with arrays 'x' and 'y'")
+        raise InputError(f"{path}: the {what} data needs labels: an .npz with arrays 'x' and "
+                         "'y', or IDX images with their labels file beside them")
     return x, y
 
 
