@@ -152,3 +152,11 @@ def test_cli_reports_a_damaged_idx_file(tmp_path, capsys, idx_model):
     assert main(["simulate", str(build), "--input", str(img)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mtdeploy: error:") and "truncated" in err
+
+
+def write_fashion_like(directory, n_train: int = 60, n_test: int = 20, gz: bool = True) -> None:
+    """The four Fashion-MNIST files (28x28 images), tiny and random: for the example's and the
+    benchmark's tests, which need no downloaded data."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_pair(directory, "train", n=n_train, size=28, gz=gz, seed=1)
+    write_pair(directory, "t10k", n=n_test, size=28, gz=gz, seed=2)
