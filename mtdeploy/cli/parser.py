@@ -29,7 +29,8 @@ OPTIONS = {
                  "precision": "--float32"},
     "ladder": {"samples": "-n", "input": "--input", "device": "--device"},
     "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
-               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed"},
+               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed",
+               "level_choices": "--level-choices", "screen_samples": "--screen-samples"},
 }
 _LEADING_NAMES = re.compile(r"[a-z_]+(?:, [a-z_]+)*(?![\w-])")
 
@@ -152,6 +153,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _levels_list(text: str) -> list[int]:
+    """``--level-choices``: comma-separated positive integers."""
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got "
+                                         f"{text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got "
+                                         f"{text!r}")
+    return levels
+
+
 def _byte_size(text: str) -> int:
     """``--memory-budget``: bytes, or a number with K, M, G (powers of 1024)."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -192,6 +206,12 @@ def _add_search(sub) -> None:
                     help="threshold fine-tuning epochs per candidate (default 5; 0: none)")
     se.add_argument("--finetune-weights", action="store_true",
                     help="fine-tune the weights too (thresholds only by default)")
+    se.add_argument("--level-choices", type=_levels_list, default="1,2,4,8,16",
+                    help="the levels (= time steps) each layer may get, comma-separated "
+                    "(default 1,2,4,8,16; e.g. 1,2,3,4,6,8 for finer choices)")
+    se.add_argument("--screen-samples", type=_positive, help="rank configurations on a seeded "
+                    "subset of this many calibration samples (faster; fine-tuning and scoring "
+                    "use all of them)")
     se.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is "
                     "fastest for small models on a busy machine)")
     _add_trust_pickle(se)

@@ -37,7 +37,8 @@ def run(a) -> int:
                          "file) and has no QCFS levels left to search; search the PyTorch model")
     settings = SearchSettings(budget=budget, seed=a.seed, device=a.device, finetune_epochs=a.epochs,
                               finetune_weights=a.finetune_weights, target=a.target,
-                              threads=a.threads,
+                              threads=a.threads, level_choices=a.level_choices,
+                              screen_samples=a.screen_samples,
                               progress="bars" if sys.stderr.isatty() else "lines")
     result = search(graph, calib_x, calib_y, val_x, val_y, settings)
     result.settings.update({"model": str(a.model), "data": str(a.data),
