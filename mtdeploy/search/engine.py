@@ -235,14 +235,17 @@ class _Search:
         s = self.settings
         levels = dict(zip(self.layers, config))
         self.ev.reset(levels)
-        finetune(self.module, self.ev, self.cx, self.cy, config, epochs=s.finetune_epochs,
-                 seed=s.seed, threshold_lr=s.threshold_lr,
-                 weight_lr=s.weight_lr if s.finetune_weights else 0.0, batch_size=s.batch_size)
-        return self._scored(levels, proposed_by, self.measured[config])
+        tuned = finetune(self.module, self.ev, self.cx, self.cy, config,
+                         epochs=s.finetune_epochs, seed=s.seed, threshold_lr=s.threshold_lr,
+                         weight_lr=s.weight_lr if s.finetune_weights else 0.0,
+                         batch_size=s.batch_size)
+        return self._scored(levels, proposed_by, self.measured[config], tuned)
 
-    def _scored(self, levels: dict[str, int], proposed_by: list[str], before: dict) -> Candidate:
-        """The fine-tuned module as a candidate: both splits measured, every cost filled in."""
-        after_calib = self.ev.measure(self.cx, self.cy)
+    def _scored(self, levels: dict[str, int], proposed_by: list[str], before: dict,
+                after_calib: dict | None) -> Candidate:
+        """The fine-tuned module as a candidate: both splits measured (the calibration one by
+        fine-tuning, when it ran), every cost filled in."""
+        after_calib = after_calib or self.ev.measure(self.cx, self.cy, synops=False)
         after_val = self.ev.measure(self.vx, self.vy)
         costs = {**latency(levels), "synops": after_val["synops"],
                  "energy_pj": self.fanout.energy_pj(after_val["synops"]), "cores": None}
