@@ -53,3 +53,37 @@ def test_fashion_example_trains_caches_and_imports(tmp_path):
     stamp = model.stat().st_mtime_ns
     again = script.main(argv)                 # cached: not trained again
     assert again["model"] == model and model.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_bench_fashion_quick_runs_on_tiny_data(tmp_path):
+    """The benchmark's smoke mode end to end (workers, tables, JSON, plot) on tiny IDX files;
+    a second run finds every worker's results in the cache."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    write_fashion_like(data, n_train=400, n_test=300)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fashion.py"
+    cmd = [sys.executable, str(script), "--quick", "--data-dir", str(data), "--cache-dir",
+           str(tmp_path / "cache"), "--out", str(tmp_path / "out" / "fashion"),
+           "--lava-samples", "0", "--threads", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "fashion.json").read_text())
+    assert {"table1", "table2_3", "table4", "table5", "timing"} <= set(doc)
+    rows = doc["table1"]["mean_T"]
+    assert [r["uniform_T"] for r in rows] == [1, 2, 4]
+    for r in rows:
+        if r["compared"]:
+            lo, hi = r["ci95"]
+            assert lo <= r["delta"] <= hi and r["n"] == 300
+            assert r["oracle_acc"] >= r["mixed_acc"] - 1e-12
+    conv = doc["table2_3"]["rows"]
+    assert {r["form"] for r in conv} == {"avg-repeat", "stream v0=th/2", "stream v0=0"}
+    for r in conv + doc["table4"]["rows"] + doc["table5"]["rows"]:
+        assert {"acc_float", "mean_T", "sum_T", "latency_steps", "synops", "energy_uJ"} <= set(r)
+    assert (tmp_path / "out" / "fashion.png").read_bytes()[:4] == b"\x89PNG"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert again.returncode == 0 and again.stdout.count("cached in") == 2

@@ -345,6 +345,11 @@ def test_finer_level_choices_give_uniform_points_and_mixed_ones_at_their_cost():
                  screen_samples=120)
     assert json.dumps(again.to_json(), sort_keys=True) == json.dumps(result.to_json(),
                                                                       sort_keys=True)
+    anchored = _run(None, level_choices=(1, 2, 3, 4, 6, 8), per_uniform=2, finetune_epochs=0,
+                    screen_samples=120, anchor_levels=(2,), max_finetune=4)
+    keys = {c.key() for c in anchored.candidates}
+    assert {c.key() for c in result.candidates} > keys
+    assert any(not c.is_uniform and c.costs["sum_T"] <= 6 for c in anchored.candidates)
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -373,3 +378,19 @@ def test_cli_search_takes_level_choices(tmp_path, capsys):
               str(tmp_path / "x.pt"), "--level-choices", "2,zero"])
     assert exc.value.code == 2 and "--level-choices" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("target", [None, "loihi2"])
+def test_fine_tuned_weights_reach_the_searched_module(target):
+    """Weight fine-tuning must end up in the candidate's module (it once landed in
+    ``fits_target``, so a searched model kept its old weights)."""
+    graph, cx, cy, vx, vy = _task()
+    result = search(graph, cx, cy, vx, vy, seed=0, progress=False, threads=1, finetune_epochs=2,
+                    finetune_weights=True, weight_lr=1e-2, max_finetune=4, target=target,
+                    level_choices=(2, 8))
+    for cand in result.candidates:
+        assert cand.weights is not None and not isinstance(cand.fits_target, dict)
+        module = result.module(cand).eval()
+        with torch.no_grad():
+            out = module(torch.as_tensor(vx, dtype=torch.float32))
+        assert float((out.argmax(1).numpy() == vy).mean()) == pytest.approx(cand.val_acc)

@@ -65,9 +65,10 @@ class SearchSettings:
     ``screen_samples``: rank configurations (sensitivity, greedy, knapsack, calibration
     fronts) on a seeded subset of this many calibration samples, which costs a fraction of the
     whole set; fine-tuning and scoring still use all of it (None: all samples everywhere).
-    ``per_uniform``: also fine-tune, for every uniform configuration, the this-many mixed
-    proposals with the lowest screening loss at equal or lower sum T, and as many at equal or
-    lower SynOps: the configurations a comparison with uniform T at equal cost needs.
+    ``per_uniform``: also fine-tune, for every uniform configuration (or those with the levels
+    in ``anchor_levels``), the this-many mixed proposals with the lowest screening loss at
+    equal or lower sum T, and as many at equal or lower SynOps: the configurations a
+    comparison with uniform T at equal cost needs.
     """
 
     budget: Budget | str | None = None
@@ -86,6 +87,7 @@ class SearchSettings:
     progress: bool | str | None = None
     screen_samples: int | None = None
     per_uniform: int = 0
+    anchor_levels: Sequence[int] | None = None
 
 
 def search(graph: Graph, calib_x, calib_y, val_x, val_y, settings: SearchSettings | None = None,
@@ -228,7 +230,8 @@ class _Search:
             self.calib(config)
         return shortlist(proposals, self.measured, self.choices, len(self.layers),
                          self.settings.max_finetune, self.budget,
-                         per_uniform=self.settings.per_uniform)
+                         per_uniform=self.settings.per_uniform,
+                         anchors=self.settings.anchor_levels)
 
     def finetuned(self, config: Config, proposed_by: list[str]) -> Candidate:
         """Step 4: fine-tune ``config``'s thresholds (and weights) on the calibration data."""
@@ -253,7 +256,8 @@ class _Search:
                    if self.settings.finetune_weights else None)
         cand = Candidate(levels, proposed_by, self.module.thresholds, costs,
                          after_calib["loss"], after_calib["acc"], after_val["loss"],
-                         after_val["acc"], {"loss": before["loss"], "acc": before["acc"]}, weights)
+                         after_val["acc"], {"loss": before["loss"], "acc": before["acc"]},
+                         weights=weights)
         if self.cores is not None:
             cand.costs["cores"], cand.fits_target = self.cores.cores(
                 materialise(self.base_graph, cand).to_graph())
