@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,10 +63,6 @@ def test_fashion_example_trains_caches_and_imports(tmp_path):
 def test_bench_fashion_quick_runs_on_tiny_data(tmp_path):
     """The benchmark's smoke mode end to end (workers, tables, JSON, plot) on tiny IDX files;
     a second run finds every worker's results in the cache."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     data = tmp_path / "data"
     write_fashion_like(data, n_train=400, n_test=300)
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fashion.py"
@@ -87,3 +87,27 @@ def test_bench_fashion_quick_runs_on_tiny_data(tmp_path):
     assert (tmp_path / "out" / "fashion.png").read_bytes()[:4] == b"\x89PNG"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0 and again.stdout.count("cached in") == 2
+
+
+def test_compile_works_after_a_progress_bar(tmp_path):
+    """A tqdm bar fixes multiprocessing's start method; Lava's import (compile's Lava
+    description, a Lava run) must still load afterwards, as in a script that trains with a
+    bar and then compiles. Run in a fresh interpreter: the test session's state differs."""
+    import subprocess
+    import sys
+
+    code = ("from tqdm import tqdm\n"
+            "for _ in tqdm(range(2), disable=False): pass\n"
+            "import multiprocessing\n"
+            "assert multiprocessing.get_start_method(allow_none=True) is not None\n"
+            "import torch\n"
+            "from torch import nn\n"
+            "from mtdeploy.api import compile_model\n"
+            "from mtdeploy.nn import QCFS\n"
+            "model = nn.Sequential(nn.Linear(4, 8), QCFS(2, 1.0), nn.Linear(8, 3)).eval()\n"
+            "build = compile_model(model, (4,), write=False)\n"
+            "assert build.report['lava']['available'], build.report['lava']\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, cwd=str(tmp_path),
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert run.returncode == 0, run.stderr[-2000:]
