@@ -60,10 +60,13 @@ def seed_everything(seed: int, threads: int = 2) -> None:
 
 
 def train(model: nn.Module, data: DigitsSplit, epochs: int, seed: int, lr: float = 3e-3,
-          batch_size: int = 64, weight_decay: float = 1e-4, log=print) -> float:
+          batch_size: int = 64, weight_decay: float = 1e-4, log=print,
+          progress: bool = False) -> float:
     """Adam + cosine schedule, cross-entropy; returns the wall time in seconds.
 
     Shuffling uses its own seeded generator, so a run is reproducible given ``seed``.
+    ``progress``: a tqdm bar per epoch (on stderr; tqdm leaves it out when stderr is not a
+    terminal and only the epoch lines remain).
     """
     x = torch.from_numpy(data.x_train)
     y = torch.from_numpy(data.y_train)
@@ -78,7 +81,7 @@ def train(model: nn.Module, data: DigitsSplit, epochs: int, seed: int, lr: float
         model.train()
         order = torch.randperm(len(x), generator=shuffle)
         total = 0.0
-        for i in range(0, len(x), batch_size):
+        for i in _batches(len(x), batch_size, progress, f"epoch {epoch + 1}/{epochs}"):
             idx = order[i:i + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
@@ -92,10 +95,21 @@ def train(model: nn.Module, data: DigitsSplit, epochs: int, seed: int, lr: float
     return time.perf_counter() - start
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def _batches(n: int, batch_size: int, progress: bool, label: str):
+    starts = range(0, n, batch_size)
+    if not progress:
+        return starts
+    from tqdm import tqdm
+
+    return tqdm(starts, desc=label, unit="batch", leave=False, disable=None)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Batched, so that a 10,000-image test set does not hold every activation at once."""
     model.eval()
     with torch.no_grad():
-        predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+        predicted = np.concatenate([model(torch.from_numpy(x[i:i + batch_size])).argmax(1).numpy()
+                                    for i in range(0, len(x), batch_size)])
     return float((predicted == y).mean())
 
 

@@ -24,6 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
+from mtdeploy import idx
 from mtdeploy.errors import InputError, MtdeployError
 from mtdeploy.ir.serialize import DAMAGED_FILE_ERRORS, read_zip, write_zip
 
@@ -337,9 +338,17 @@ def _swap(tmp: Path, target: Path) -> None:
 
 
 def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """``X.npy`` (N, *input_shape) or a labelled ``.npz`` with ``x`` and ``y``, checked by
-    :func:`check_samples` (real, finite, at least one sample; labels integer and >= 0)."""
+    """``X.npy`` (N, *input_shape), a labelled ``.npz`` with ``x`` and ``y``, or IDX data (an
+    images file with its labels file beside it, or a directory holding one such pair;
+    :mod:`mtdeploy.idx`), checked by :func:`check_samples` (real, finite, at least one sample;
+    labels integer and >= 0)."""
     path = Path(path)
+    if path.exists() and idx.is_idx(path):
+        x, y = idx.load_idx_samples(path)
+        return check_samples(x, y, what=str(path))
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, and it holds no IDX files; give an .npy/.npz "
+                         "file, an IDX images file, or a directory holding IDX files")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:

@@ -121,3 +121,19 @@ def test_synops_are_counted():
     graph = convert(random_cnn(rng, levels=[4, 4]))
     res = simulate(graph, _inputs(graph, rng, 8), mode="float")
     assert res.total_synops > 0
+
+
+@pytest.mark.parametrize("arch", sorted(BUILDERS))
+@pytest.mark.parametrize("lv", [[3, 5, 6], [12, 3, 1], [6, 6, 7]])
+def test_levels_that_are_not_powers_of_two_are_exact(arch, lv):
+    """The search may choose any T (finer than powers of two): 1/T is then no shift, but
+    avg-repeat still reproduces the ANN, and fixed point the equally quantized ANN."""
+    rng = np.random.default_rng(sum(lv))
+    graph = BUILDERS[arch](rng, levels=lv)
+    x = _inputs(graph, rng)
+    snn = convert(graph)
+    np.testing.assert_allclose(simulate(snn, x, mode="float").output,
+                               ann_forward(graph, x).numpy(), rtol=0, atol=1e-9)
+    quantize(snn)
+    assert np.array_equal(simulate(snn, x, mode="fixed").output,
+                          simulate(snn, x, mode="ann-int").output)

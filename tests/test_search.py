@@ -327,3 +327,70 @@ def test_cli_search_bad_budget_exits_2_and_writes_nothing(tmp_path, capsys):
     assert rc == 2
     assert "mtdeploy: error: --budget 'speed=fast': unknown metric" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---- finer level choices, screening subset, comparisons at uniform cost --------------------------
+def test_finer_level_choices_give_uniform_points_and_mixed_ones_at_their_cost():
+    result = _run(None, level_choices=(1, 2, 3, 4, 6, 8), per_uniform=2, finetune_epochs=1,
+                  screen_samples=120)
+    uniform = {c.key()[0] for c in result.candidates if c.is_uniform}
+    assert uniform == {1, 2, 3, 4, 6, 8}
+    assert result.settings["screen_samples"] == 120 and result.settings["calib_samples"] == 240
+    used = {level for c in result.candidates for level in c.key()}
+    assert used & {3, 6}
+    for level in (2, 3, 4):
+        cost = 3 * level
+        assert any(not c.is_uniform and c.costs["sum_T"] <= cost for c in result.candidates), level
+    again = _run(None, level_choices=(1, 2, 3, 4, 6, 8), per_uniform=2, finetune_epochs=1,
+                 screen_samples=120)
+    assert json.dumps(again.to_json(), sort_keys=True) == json.dumps(result.to_json(),
+                                                                      sort_keys=True)
+    anchored = _run(None, level_choices=(1, 2, 3, 4, 6, 8), per_uniform=2, finetune_epochs=0,
+                    screen_samples=120, anchor_levels=(2,), max_finetune=4)
+    keys = {c.key() for c in anchored.candidates}
+    assert {c.key() for c in result.candidates} > keys
+    assert any(not c.is_uniform and c.costs["sum_T"] <= 6 for c in anchored.candidates)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("screen_samples", 0, "screen_samples must be >= 1"),
+    ("per_uniform", -1, "per_uniform must be >= 0"),
+    ("level_choices", (0, 2), "level_choices must be positive")])
+def test_bad_new_settings_are_input_errors(option, value, message):
+    with pytest.raises(InputError, match=message):
+        _run(None, finetune_epochs=0, **{option: value})
+
+
+def test_cli_search_takes_level_choices(tmp_path, capsys):
+    from mtdeploy.cli import main
+
+    model, data = _cli_model(tmp_path)
+    out = tmp_path / "searched.pt"
+    rc = main(["search", str(model), "--data", str(data), "--budget", "mean-T=3",
+               "--input-shape", "12", "-o", str(out), "--epochs", "0", "--threads", "1",
+               "--level-choices", "1,3,5", "--screen-samples", "100"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(out.with_suffix(".front.json").read_text())
+    assert doc["settings"]["level_choices"] == [1, 3, 5]
+    assert {v for p in doc["points"] for v in p["levels"].values()} <= {1, 3, 5}
+    with pytest.raises(SystemExit) as exc:
+        main(["search", str(model), "--data", str(data), "--input-shape", "12", "-o",
+              str(tmp_path / "x.pt"), "--level-choices", "2,zero"])
+    assert exc.value.code == 2 and "--level-choices" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("target", [None, "loihi2"])
+def test_fine_tuned_weights_reach_the_searched_module(target):
+    """Weight fine-tuning must end up in the candidate's module (it once landed in
+    ``fits_target``, so a searched model kept its old weights)."""
+    graph, cx, cy, vx, vy = _task()
+    result = search(graph, cx, cy, vx, vy, seed=0, progress=False, threads=1, finetune_epochs=2,
+                    finetune_weights=True, weight_lr=1e-2, max_finetune=4, target=target,
+                    level_choices=(2, 8))
+    for cand in result.candidates:
+        assert cand.weights is not None and not isinstance(cand.fits_target, dict)
+        module = result.module(cand).eval()
+        with torch.no_grad():
+            out = module(torch.as_tensor(vx, dtype=torch.float32))
+        assert float((out.argmax(1).numpy() == vy).mean()) == pytest.approx(cand.val_acc)

@@ -29,7 +29,8 @@ OPTIONS = {
                  "precision": "--float32"},
     "ladder": {"samples": "-n", "input": "--input", "device": "--device"},
     "search": {"budget": "--budget", "val_fraction": "--val-fraction", "device": "--device",
-               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed"},
+               "finetune_epochs": "--epochs", "threads": "--threads", "seed": "--seed",
+               "level_choices": "--level-choices", "screen_samples": "--screen-samples"},
 }
 _LEADING_NAMES = re.compile(r"[a-z_]+(?:, [a-z_]+)*(?![\w-])")
 
@@ -115,8 +116,9 @@ def _add_simulate(sub) -> None:
     s = sub.add_parser("simulate", help="run a build on inputs")
     s.add_argument("build", type=path, help=BUILD_HELP)
     s.add_argument("--input", type=path, required=True,
-                   help="X.npy (N, *input_shape; memory-mapped, read a batch at a time) or a "
-                   "labelled .npz (x, y)")
+                   help="X.npy (N, *input_shape; memory-mapped, read a batch at a time), a "
+                   "labelled .npz (x, y), or IDX data (an images file with its labels file "
+                   "beside it, or a directory holding one pair; .gz or plain)")
     s.add_argument("--backend", default="reference", choices=["reference", "lava"])
     s.add_argument("--fixed-point", action="store_true", help="integer arithmetic (as on Loihi)")
     s.add_argument("--float32", dest="precision", action="store_const", const="float32",
@@ -154,6 +156,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _levels_list(text: str) -> list[int]:
+    """``--level-choices``: comma-separated positive integers."""
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got "
+                                         f"{text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got "
+                                         f"{text!r}")
+    return levels
+
+
 def _byte_size(text: str) -> int:
     """``--memory-budget``: bytes, or a number with K, M, G (powers of 1024)."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -167,7 +182,7 @@ def _add_ladder(sub) -> None:
     la = sub.add_parser("ladder", help="layer by layer: QCFS ANN -> float SNN -> fixed-point "
                         "SNN -> Lava; names the first layer that diverges")
     la.add_argument("build", type=path, help=BUILD_HELP)
-    la.add_argument("--input", type=path, required=True, help="X.npy or a labelled .npz (a few samples: "
+    la.add_argument("--input", type=path, required=True, help="X.npy, a labelled .npz or IDX data (a few samples: "
                     "Lava's CPU simulator is slow)")
     la.add_argument("-n", "--samples", type=int, default=8, help="use the first N samples (8)")
     _add_device(la)
@@ -176,9 +191,10 @@ def _add_ladder(sub) -> None:
 def _add_search(sub) -> None:
     se = sub.add_parser("search", help="per-layer timestep search under a budget")
     _add_model(se, "profile for core counts (cores= budget)")
-    se.add_argument("--data", type=path, required=True, help="labelled samples (.npz with x, y); split into "
+    se.add_argument("--data", type=path, required=True, help="labelled samples (.npz with x, y, or IDX "
+                    "images with labels beside them, or a directory of one pair); split into "
                     "calibration and validation unless --val is given")
-    se.add_argument("--val", type=path, help="separate validation data (.npz with x, y)")
+    se.add_argument("--val", type=path, help="separate validation data (.npz with x, y, or IDX)")
     se.add_argument("--val-fraction", type=float, default=0.3,
                     help="share of --data held out for validation (default 0.3, stratified)")
     se.add_argument("--budget", help="mean-T=4 | sum-T=24 | max-T=8 | synops=N (per sample) | "
@@ -193,6 +209,12 @@ def _add_search(sub) -> None:
                     help="threshold fine-tuning epochs per candidate (default 5; 0: none)")
     se.add_argument("--finetune-weights", action="store_true",
                     help="fine-tune the weights too (thresholds only by default)")
+    se.add_argument("--level-choices", type=_levels_list, default="1,2,4,8,16",
+                    help="the levels (= time steps) each layer may get, comma-separated "
+                    "(default 1,2,4,8,16; e.g. 1,2,3,4,6,8 for finer choices)")
+    se.add_argument("--screen-samples", type=_positive, help="rank configurations on a seeded "
+                    "subset of this many calibration samples (faster; fine-tuning and scoring "
+                    "use all of them)")
     se.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is "
                     "fastest for small models on a busy machine)")
     _add_trust_pickle(se)

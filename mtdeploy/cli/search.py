@@ -37,7 +37,8 @@ def run(a) -> int:
                          "file) and has no QCFS levels left to search; search the PyTorch model")
     settings = SearchSettings(budget=budget, seed=a.seed, device=a.device, finetune_epochs=a.epochs,
                               finetune_weights=a.finetune_weights, target=a.target,
-                              threads=a.threads,
+                              threads=a.threads, level_choices=a.level_choices,
+                              screen_samples=a.screen_samples,
                               progress="bars" if sys.stderr.isatty() else "lines")
     result = search(graph, calib_x, calib_y, val_x, val_y, settings)
     result.settings.update({"model": str(a.model), "data": str(a.data),
@@ -84,7 +85,8 @@ def _data(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def _labelled(path, what: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_samples(path)
     if y is None:
-        raise InputError(f"{path}: the {what} data needs labels: an .npz with arrays 'x' and 'y'")
+        raise InputError(f"{path}: the {what} data needs labels: an .npz with arrays 'x' and "
+                         "'y', or IDX images with their labels file beside them")
     return x, y
 
 

@@ -62,6 +62,13 @@ class SearchSettings:
     ``progress``: True or "bars" for progress bars on stderr, "lines" for a status line when a
     stage starts and every 15 s (for logs), False for none; None: bars when stderr is a
     terminal, else none.
+    ``screen_samples``: rank configurations (sensitivity, greedy, knapsack, calibration
+    fronts) on a seeded subset of this many calibration samples, which costs a fraction of the
+    whole set; fine-tuning and scoring still use all of it (None: all samples everywhere).
+    ``per_uniform``: also fine-tune, for every uniform configuration (or those with the levels
+    in ``anchor_levels``), the this-many mixed proposals with the lowest screening loss at
+    equal or lower sum T, and as many at equal or lower SynOps: the configurations a
+    comparison with uniform T at equal cost needs.
     """
 
     budget: Budget | str | None = None
@@ -78,6 +85,9 @@ class SearchSettings:
     target: str | None = "loihi2"
     threads: int | None = None
     progress: bool | str | None = None
+    screen_samples: int | None = None
+    per_uniform: int = 0
+    anchor_levels: Sequence[int] | None = None
 
 
 def search(graph: Graph, calib_x, calib_y, val_x, val_y, settings: SearchSettings | None = None,
@@ -121,6 +131,10 @@ def _checked(settings: SearchSettings) -> tuple[Budget | None, list[int], torch.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if settings.threads is not None and settings.threads < 1:
         raise InputError(f"threads must be >= 1, got {settings.threads}")
+    if settings.screen_samples is not None and settings.screen_samples < 1:
+        raise InputError(f"screen_samples must be >= 1, got {settings.screen_samples}")
+    if settings.per_uniform < 0:
+        raise InputError(f"per_uniform must be >= 0, got {settings.per_uniform}")
     return budget, choices, device
 
 
@@ -151,6 +165,7 @@ class _Search:
         calib_x, calib_y, val_x, val_y = data
         self.cx, self.cy = as_tensors(self.base_graph, calib_x, calib_y, "calibration data", device)
         self.vx, self.vy = as_tensors(self.base_graph, val_x, val_y, "validation data", device)
+        self.sx, self.sy = _screening(self.cx, self.cy, settings.screen_samples, settings.seed)
         self.fanout = FanoutModel(self.base_graph)
         self.cores = _core_counter(budget, settings.target)
         self.ev = Evaluator(self.module, self.fanout, settings.batch_size)
@@ -158,10 +173,11 @@ class _Search:
         self.measured: dict[Config, dict[str, float]] = {}
 
     def calib(self, config: Config) -> dict[str, float]:
-        """Loss, accuracy and SynOps of ``config`` on the calibration data, base thresholds."""
+        """Loss, accuracy and SynOps of ``config`` on the (screening) calibration data, base
+        thresholds."""
         if config not in self.measured:
             self.ev.reset(dict(zip(self.layers, config)))
-            self.measured[config] = self.ev.measure(self.cx, self.cy)
+            self.measured[config] = self.ev.measure(self.sx, self.sy)
         return self.measured[config]
 
     def input_model(self) -> dict:
@@ -196,7 +212,7 @@ class _Search:
     def _per_layer_synops(self) -> list[float]:
         """Each layer's SynOps per sample per level at the top configuration (the knapsack's
         linear cost model: a layer's events scale with its levels)."""
-        module, ev, cx = self.module, self.ev, self.cx
+        module, ev, cx = self.module, self.ev, self.sx
         ev.reset(dict(zip(self.layers, self.top)))
         per_layer = {layer: 0.0 for layer in self.layers}
         with torch.no_grad():
@@ -213,21 +229,26 @@ class _Search:
         for config in self.track(list(proposals), "search: calibration front"):
             self.calib(config)
         return shortlist(proposals, self.measured, self.choices, len(self.layers),
-                         self.settings.max_finetune, self.budget)
+                         self.settings.max_finetune, self.budget,
+                         per_uniform=self.settings.per_uniform,
+                         anchors=self.settings.anchor_levels)
 
     def finetuned(self, config: Config, proposed_by: list[str]) -> Candidate:
         """Step 4: fine-tune ``config``'s thresholds (and weights) on the calibration data."""
         s = self.settings
         levels = dict(zip(self.layers, config))
         self.ev.reset(levels)
-        finetune(self.module, self.ev, self.cx, self.cy, config, epochs=s.finetune_epochs,
-                 seed=s.seed, threshold_lr=s.threshold_lr,
-                 weight_lr=s.weight_lr if s.finetune_weights else 0.0, batch_size=s.batch_size)
-        return self._scored(levels, proposed_by, self.measured[config])
+        tuned = finetune(self.module, self.ev, self.cx, self.cy, config,
+                         epochs=s.finetune_epochs, seed=s.seed, threshold_lr=s.threshold_lr,
+                         weight_lr=s.weight_lr if s.finetune_weights else 0.0,
+                         batch_size=s.batch_size)
+        return self._scored(levels, proposed_by, self.measured[config], tuned)
 
-    def _scored(self, levels: dict[str, int], proposed_by: list[str], before: dict) -> Candidate:
-        """The fine-tuned module as a candidate: both splits measured, every cost filled in."""
-        after_calib = self.ev.measure(self.cx, self.cy)
+    def _scored(self, levels: dict[str, int], proposed_by: list[str], before: dict,
+                after_calib: dict | None) -> Candidate:
+        """The fine-tuned module as a candidate: both splits measured (the calibration one by
+        fine-tuning, when it ran), every cost filled in."""
+        after_calib = after_calib or self.ev.measure(self.cx, self.cy, synops=False)
         after_val = self.ev.measure(self.vx, self.vy)
         costs = {**latency(levels), "synops": after_val["synops"],
                  "energy_pj": self.fanout.energy_pj(after_val["synops"]), "cores": None}
@@ -235,7 +256,8 @@ class _Search:
                    if self.settings.finetune_weights else None)
         cand = Candidate(levels, proposed_by, self.module.thresholds, costs,
                          after_calib["loss"], after_calib["acc"], after_val["loss"],
-                         after_val["acc"], {"loss": before["loss"], "acc": before["acc"]}, weights)
+                         after_val["acc"], {"loss": before["loss"], "acc": before["acc"]},
+                         weights=weights)
         if self.cores is not None:
             cand.costs["cores"], cand.fits_target = self.cores.cores(
                 materialise(self.base_graph, cand).to_graph())
@@ -249,8 +271,18 @@ class _Search:
                 "threshold_lr": s.threshold_lr,
                 "weight_lr": s.weight_lr if s.finetune_weights else None,
                 "batch_size": s.batch_size, "threads": s.threads, "calib_samples": len(self.cx),
+                "screen_samples": len(self.sx), "per_uniform": s.per_uniform,
                 "val_samples": len(self.vx), "configurations_measured": len(self.measured),
                 "target": s.target if self.cores else None}
+
+
+def _screening(x: torch.Tensor, y: torch.Tensor, samples: int | None, seed: int):
+    """A seeded subset of ``samples`` calibration samples (all of them when None or more)."""
+    if samples is None or samples >= len(x):
+        return x, y
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
+    pick = pick.sort().values.to(x.device)
+    return x[pick], y[pick]
 
 
 def _propose(proposals: dict[Config, list[str]], configs: Iterable, why: str) -> None:

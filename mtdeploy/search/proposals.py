@@ -80,12 +80,14 @@ def thin(points: list, limit: int) -> list:
 
 
 def shortlist(proposals, measured, choices, n_layers: int, max_finetune: int,
-              budget: Budget | None, depth: int = 3, within_budget: int = 3) -> list[Config]:
+              budget: Budget | None, depth: int = 3, within_budget: int = 3,
+              per_uniform: int = 0, anchors=None) -> list[Config]:
     """Step 3, what gets fine-tuned: the uniform configurations; the first ``depth`` Pareto
     layers (the front, then the front of what is left, ...) of calibration loss vs latency and
-    vs SynOps, thinned to ``max_finetune`` in all; and the ``within_budget`` best proposals
-    inside a latency or SynOps budget. Layers beyond the first are kept because fine-tuning
-    reorders near neighbours."""
+    vs SynOps, thinned to ``max_finetune`` in all; the ``within_budget`` best proposals
+    inside a latency or SynOps budget; and ``per_uniform`` best mixed proposals at or below
+    each uniform configuration's (or those with levels in ``anchors``) sum T and SynOps. Layers beyond the first are kept because
+    fine-tuning reorders near neighbours."""
     configs = list(proposals)
     uniform = [(c,) * n_layers for c in choices]
     cost_of = {"sum_T": lambda c: float(sum(c)), "synops": lambda c: measured[c]["synops"]}
@@ -100,11 +102,27 @@ def shortlist(proposals, measured, choices, n_layers: int, max_finetune: int,
 
         inside = sorted((c for c in configs if fits(c)), key=lambda c: (measured[c]["loss"], c))
         picked += inside[:within_budget]
+    if per_uniform:
+        at = [u for u in uniform if anchors is None or u[0] in set(anchors)]
+        picked += _at_uniform_costs(configs, at, cost_of, measured, per_uniform)
     ordered = []
     for config in uniform + sorted(picked, key=lambda c: (sum(c), c)):
         if config not in ordered:
             ordered.append(config)
     return ordered
+
+
+def _at_uniform_costs(configs, uniform, cost_of, measured, count: int) -> list[Config]:
+    """For each uniform configuration and each cost, the ``count`` mixed configurations with
+    the lowest calibration loss that cost no more."""
+    mixed = [c for c in configs if len(set(c)) > 1]
+    picked = []
+    for u in uniform:
+        for cost in cost_of.values():
+            inside = sorted((c for c in mixed if cost(c) <= cost(u) + 1e-9),
+                            key=lambda c: (measured[c]["loss"], c))
+            picked += inside[:count]
+    return picked
 
 
 def _pareto_layers(configs: list[Config], cost, loss, depth: int) -> list[Config]:

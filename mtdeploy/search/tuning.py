@@ -25,29 +25,37 @@ class Evaluator:
         self.module.set_levels(levels)
 
     @torch.no_grad()
-    def measure(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def measure(self, x: torch.Tensor, y: torch.Tensor, synops: bool = True) -> dict[str, float]:
+        """Mean loss, accuracy and (unless ``synops`` is False, which saves about a third of
+        the time) SynOps per sample."""
         self.module.eval()
-        loss, correct, synops = 0.0, 0, 0.0
+        loss, correct, events = 0.0, 0, 0.0
         levels, thresholds = self.module.levels, self.module.thresholds
         for start in range(0, len(x), self.batch_size):
             xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
-            out, acts = self.module.forward_with_activations(xb)
+            if synops:
+                out, acts = self.module.forward_with_activations(xb)
+                events += self.fanout.synops(spike_counts(acts, levels, thresholds))
+            else:
+                out = self.module(xb)
             loss += float(F.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
-            synops += self.fanout.synops(spike_counts(acts, levels, thresholds))
         n = len(x)
-        return {"loss": loss / n, "acc": correct / n, "synops": synops / n}
+        return {"loss": loss / n, "acc": correct / n,
+                **({"synops": events / n} if synops else {})}
 
 
 def finetune(module: GraphModule, ev: Evaluator, x, y, config: tuple[int, ...], *, epochs: int,
-             seed: int, threshold_lr: float, weight_lr: float, batch_size: int) -> None:
+             seed: int, threshold_lr: float, weight_lr: float,
+             batch_size: int) -> dict[str, float] | None:
     """Straight-through fine-tuning of thresholds (and weights when ``weight_lr`` > 0).
 
     Keeps the state with the lowest calibration loss seen (epoch 0 included), so fine-tuning
-    never makes a candidate worse on the data it was tuned on.
+    never makes a candidate worse on the data it was tuned on; returns that state's
+    calibration loss and accuracy (None when ``epochs`` is 0).
     """
     if epochs == 0:
-        return
+        return None
     groups = [{"params": [p], "lr": threshold_lr * max(float(p.detach().abs()), 1e-3)}
               for p in module.threshold_parameters()]
     if weight_lr > 0:
@@ -58,19 +66,20 @@ def finetune(module: GraphModule, ev: Evaluator, x, y, config: tuple[int, ...], 
     optimiser = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(
         int(np.random.SeedSequence([seed, *config]).generate_state(1)[0]))
-    best_loss = ev.measure(x, y)["loss"]
+    best = ev.measure(x, y, synops=False)
     best_state = copy.deepcopy(module.state_dict())
     try:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=generator).to(x.device)
             _train_epoch(module, optimiser, x, y, order, batch_size)
-            loss = ev.measure(x, y)["loss"]
-            if loss < best_loss:
-                best_loss, best_state = loss, copy.deepcopy(module.state_dict())
+            now = ev.measure(x, y, synops=False)
+            if now["loss"] < best["loss"]:
+                best, best_state = now, copy.deepcopy(module.state_dict())
     finally:
         for p in module.weight_parameters():
             p.requires_grad_(True)
     module.load_state_dict(best_state)
+    return best
 
 
 def _train_epoch(module: GraphModule, optimiser, x, y, order, batch_size: int) -> None:

@@ -9,7 +9,9 @@ and array layouts), runtime (running and stopping Lava's OS processes), agreemen
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import multiprocessing
 
 _EXPORTS = {
     "lower_to_lava": "network", "run_lava": "network", "LavaNetwork": "network",
@@ -23,6 +25,27 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        with _fork_already_chosen_is_fine():
+            module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@contextlib.contextmanager
+def _fork_already_chosen_is_fine():
+    """Lava calls ``multiprocessing.set_start_method('fork')`` when imported, which raises once
+    anything in the process has fixed the start method, even to 'fork' itself (a tqdm
+    progress bar does, through its multiprocessing lock). While Lava loads, setting the method
+    already in use is let through; any other change still raises."""
+    original = multiprocessing.set_start_method
+
+    def set_start_method(method, force=False):
+        if multiprocessing.get_start_method(allow_none=True) == method:
+            return None
+        return original(method, force=force)
+
+    multiprocessing.set_start_method = set_start_method
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method = original
