@@ -6,7 +6,8 @@ row timed in the same process, the rows interleaved within each repetition, the 
 the repetitions kept:
 
 * ANN x1: the torch QCFS model (float32, BatchNorm folded, no_grad), one forward per sample;
-  ANN x T is T times that minimum (the cost of stepping the ANN once per time step);
+  ANN x T is T times that minimum (the cost of stepping the ANN once per time step); the
+  ratios are to the float32 ANN, and a float64 ANN row is there for mtdeploy's float64 mode;
 * mtdeploy avg-repeat float (float32 and float64), fixed point, and the streaming alignments
   ``ttm`` and ``none`` (float32): ``mtdeploy.sim.reference.simulate`` as ``mtdeploy simulate``
   calls it (SynOps and spike totals recorded, per-sample counts not kept);
@@ -55,6 +56,8 @@ from mtdeploy.sim.parallel import simulate_workers  # noqa: E402
 from mtdeploy.sim.reference import simulate  # noqa: E402
 
 T = 8
+ANN = "ANN x1 (torch float32)"
+SJ = "SpikingJelly multi-step IF (float32)"
 
 
 def digits_cnn(levels: int = T) -> nn.Module:
@@ -155,7 +158,9 @@ def speed_rows(name: str, n: int, batch: int):
         return lambda: simulate(graphs[alignment], xn, mode, batch_size=batch,
                                 keep_counts=False, precision=precision)
 
-    rows = {"ANN x1 (torch float32)": run_ann_fn(ann, x, batch),
+    ann64 = copy.deepcopy(ann).double()
+    rows = {ANN: run_ann_fn(ann, x, batch),
+            "ANN x1 (torch float64)": run_ann_fn(ann64, x.double(), batch),
             "mtdeploy avg-repeat float32": sim("avg-repeat", "float", "float32"),
             "mtdeploy avg-repeat float64": sim("avg-repeat", "float"),
             "mtdeploy avg-repeat fixed point": sim("avg-repeat", "fixed"),
@@ -164,7 +169,7 @@ def speed_rows(name: str, n: int, batch: int):
             "mtdeploy streaming ttm fixed point": sim("ttm", "fixed")}
     sj = spikingjelly_net(ann, T)
     if sj is not None:
-        rows["SpikingJelly multi-step IF (float32)"] = lambda: run_spikingjelly(sj, x, T, batch)
+        rows[SJ] = lambda: run_spikingjelly(sj, x, T, batch)
     return rows
 
 
@@ -172,41 +177,49 @@ def run_ann_fn(ann, x, batch):
     return lambda: run_ann(ann, x, batch)
 
 
-def time_rows(rows: dict, repeat: int) -> dict[str, float]:
-    """Minimum wall time of each row over ``repeat`` rounds, the rows interleaved in each."""
-    best: dict[str, float] = {}
+def time_rows(rows: dict, repeat: int) -> dict[str, dict[str, float]]:
+    """Minimum wall time and minimum CPU time (this process, all its threads) of each row over
+    ``repeat`` rounds, the rows interleaved in each round. On a machine shared with other work
+    the CPU time is the steadier measure: waiting for a core does not count."""
+    best: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         for _ in range(repeat):
             for key, fn in rows.items():
-                t0 = time.perf_counter()
+                w0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+                w, c = time.perf_counter() - w0, time.process_time() - c0
+                b = best.setdefault(key, {"wall_s": w, "cpu_s": c})
+                b["wall_s"], b["cpu_s"] = min(b["wall_s"], w), min(b["cpu_s"], c)
     return best
 
 
 def speed(name: str, n: int, batch: int, repeat: int) -> dict:
     times = time_rows(speed_rows(name, n, batch), repeat)
-    ann = times["ANN x1 (torch float32)"]
-    table = [{"row": "ANN x1 (torch float32)", "s": ann},
-             {"row": f"ANN x T (T = {T} times the row above)", "s": ann * T}]
-    table += [{"row": k, "s": v} for k, v in times.items() if not k.startswith("ANN")]
-    sj = times.get("SpikingJelly multi-step IF (float32)")
+    ann = times[ANN]
+    table = [{"row": ANN, **ann},
+             {"row": f"ANN x T (T = {T} times the row above)",
+              **{k: v * T for k, v in ann.items()}}]
+    table += [{"row": k, **v} for k, v in times.items() if k != ANN]
     for r in table:
-        r["over_ann"] = r["s"] / ann
-        r["over_ann_x_T"] = r["s"] / (ann * T)
-        r["over_spikingjelly"] = None if sj is None else r["s"] / sj
+        for m in ("wall_s", "cpu_s"):
+            r[f"{m[:-2]}_over_ann"] = r[m] / ann[m]
+            r[f"{m[:-2]}_over_spikingjelly"] = r[m] / times[SJ][m] if SJ in times else None
     return {"network": name, "samples": n, "batch_size": batch, "T": T, "repeat": repeat,
-            "rows": table}
+            "load_average": os.getloadavg(), "rows": table}
 
 
 def print_speed(result: dict) -> None:
     print(f"\n{result['network']}: {result['samples']} samples, batch {result['batch_size']}, "
-          f"T = {result['T']}, min of {result['repeat']}")
-    print(f"{'simulator':<40} {'time s':>8} {'/ ANN':>7} {'/ ANN x T':>9} {'/ SJ':>6}")
+          f"T = {result['T']}, min of {result['repeat']}; load average after "
+          f"{tuple(round(v, 1) for v in result['load_average'])} on {os.cpu_count()} CPUs")
+    print(f"{'simulator':<40} {'wall s':>7} {'/ ANN':>6} {'/ SJ':>5}   {'CPU s':>7} {'/ ANN':>6} "
+          f"{'/ SJ':>5}")
     for r in result["rows"]:
-        sj = "-" if r["over_spikingjelly"] is None else f"{r['over_spikingjelly']:.2f}"
-        print(f"{r['row']:<40} {r['s']:>8.2f} {r['over_ann']:>7.2f} {r['over_ann_x_T']:>9.2f} "
-              f"{sj:>6}")
+        def sj(v):
+            return "-" if v is None else f"{v:.2f}"
+        print(f"{r['row']:<40} {r['wall_s']:>7.2f} {r['wall_over_ann']:>6.2f} "
+              f"{sj(r['wall_over_spikingjelly']):>5}   {r['cpu_s']:>7.2f} {r['cpu_over_ann']:>6.2f} "
+              f"{sj(r['cpu_over_spikingjelly']):>5}")
 
 
 # ---- the digits build: memory, Lava ---------------------------------------------------------
@@ -307,7 +320,7 @@ def data_parallel(n: int, batch: int) -> list[dict]:
 # ---- main -------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", default="cnn28=2000,resnet20=500,digits=2000",
+    ap.add_argument("--samples", default="cnn28=2000,resnet20=200,digits=2000",
                     help="samples per network, name=N,...")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
