@@ -237,14 +237,23 @@ def digits_build(work: Path) -> Path:
     return build
 
 
-def peak_rss(cmd: list[str], threads: int) -> tuple[float, float, int]:
-    """(peak RSS in MiB, wall seconds, exit code) of ``cmd`` run as a fresh process."""
+#: runs ``mtdeploy simulate`` and prints this process's peak resident memory (VmHWM) on exit.
+#: Read inside the child: a child forked from this (large) benchmark process would report the
+#: parent's resident pages in ``ru_maxrss`` (Linux keeps the pre-exec high-water mark there).
+_PEAK_MAIN = ("import sys, atexit; from mtdeploy.cli import main; "
+              "atexit.register(lambda: print('VmHWM', next(l.split()[1] for l in "
+              "open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)); "
+              "sys.exit(main(sys.argv[1:]))")
+
+
+def peak_rss(args: list[str], threads: int) -> tuple[float, float, int]:
+    """(peak RSS in MiB, wall seconds, exit code) of ``mtdeploy ARGS`` run as a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0, proc.returncode
+    proc = subprocess.run([sys.executable, "-c", _PEAK_MAIN, *args], env=env, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kib = [int(l.split()[1]) for l in proc.stderr.splitlines() if l.startswith("VmHWM")]
+    return (kib[-1] / 1024 if kib else float("nan")), time.perf_counter() - t0, proc.returncode
 
 
 def memory(build: Path, sizes: list[int], threads: int) -> list[dict]:
@@ -256,8 +265,8 @@ def memory(build: Path, sizes: list[int], threads: int) -> list[dict]:
             del x
             out = Path(tmp) / "out.npy"
             for fixed in (False, True):
-                cmd = [sys.executable, "-m", "mtdeploy", "simulate", str(build), "--input",
-                       str(Path(tmp) / "x.npy"), "-o", str(out)] + (["--fixed-point"] * fixed)
+                cmd = ["simulate", str(build), "--input", str(Path(tmp) / "x.npy"), "-o",
+                       str(out)] + (["--fixed-point"] * fixed)
                 mib, wall, code = peak_rss(cmd, threads)
                 ok = code == 0 and np.load(out, mmap_mode="r").shape[0] == n
                 rows.append({"samples": n, "mode": "fixed" if fixed else "float",
