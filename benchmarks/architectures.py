@@ -119,6 +119,17 @@ def vgg16_squeeze(levels: int = 8, classes: int = 10) -> SqueezeVGG:
     return SqueezeVGG(levels, classes)
 
 
+def cnn28(levels: int = 8, classes: int = 10) -> nn.Sequential:
+    """Issue 15's benchmark CNN for 1x28x28 inputs: three 3x3 convs (32, 64, 64 channels; the
+    first two followed by 2x2 average pooling) and two linear layers (128 hidden, 10 out)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), QCFS(levels, 4.0), nn.AvgPool2d(2),     # 32x14x14
+        nn.Conv2d(32, 64, 3, padding=1), QCFS(levels, 4.0), nn.AvgPool2d(2),    # 64x7x7
+        nn.Conv2d(64, 64, 3, padding=1), QCFS(levels, 4.0),                     # 64x7x7
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), QCFS(levels, 4.0),
+        nn.Linear(128, classes))
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BatchNorm statistics and affine parameters, in eval mode."""
     gen = torch.Generator().manual_seed(seed)

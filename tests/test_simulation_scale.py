@@ -204,6 +204,39 @@ def test_memory_mapped_inputs_and_outputs(tmp_path):
     assert np.array_equal(np.load(tmp_path / "out.npy"), simulate(graph, x, mode="fixed").output)
 
 
+def _anon_rss() -> int | None:
+    """This process's anonymous resident memory in bytes (heap and tensors, not mapped files)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    line = next((l for l in text.splitlines() if l.startswith("RssAnon:")), None)
+    return None if line is None else int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(_anon_rss() is None, reason="needs /proc/self/status RssAnon (Linux)")
+def test_memory_stays_flat_over_many_batches(tmp_path):
+    """Memory-mapped inputs and outputs, counts not kept: after the first batches nothing
+    accumulates per sample (the per-sample spike counts of these 6,000 samples alone would
+    take 6,000 x 768 x 8 bytes = 37 MB)."""
+    rng = np.random.default_rng(6)
+    graph = quantize(convert(random_cnn(rng, size=8, channels=(4, 8), levels=[4, 2]),
+                             ConvertOptions(input_max=1.5)))
+    n = 6_000
+    np.save(tmp_path / "x.npy", rng.uniform(0, 1, (n, *graph.input.shape)).astype(np.float32))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float64,
+                                    shape=(n, *graph[graph.output].shape))
+    seen: list[int] = []
+    res = simulate(graph, x, mode="fixed", batch_size=200, keep_counts=False, out=out,
+                   progress=lambda done, total: seen.append(_anon_rss()))
+    assert len(seen) == n // 200 and res.counts == {}
+    growth = max(seen[4:]) - seen[3]
+    assert growth < 4 << 20, f"anonymous memory grew {growth / 2 ** 20:.1f} MiB over {n} samples"
+    head = simulate(graph, np.asarray(x[:300]), mode="fixed")
+    assert np.array_equal(out[:300], head.output)
+
+
 def test_bytes_per_sample_grow_with_kept_steps():
     avg, ttm = graph_of("cnn"), graph_of("cnn", "ttm")
     cpu = torch.device("cpu")

@@ -63,11 +63,15 @@ class AlignKind(NodeKind):
         sum (:meth:`repeat_total`), so a simulator may skip keeping the steps."""
         return node.attrs["method"] != "avg-repeat"
 
-    def repeat_total(self, node, total: torch.Tensor, fixed_point: bool) -> torch.Tensor:
-        """avg-repeat from the sum of the producer's steps (N, ...): the mean (float) or the
-        sum (fixed point) on each of the t_out steps, as a broadcast view (stride 0 in time),
-        so the projection after it can run once, not t_out times (see sim.reference)."""
-        acc = total if fixed_point else total / node.attrs["t_in"]
+    def repeat_total(self, node, total: torch.Tensor, fixed_point: bool,
+                     unit: float = 1.0) -> torch.Tensor:
+        """avg-repeat from the sum of the producer's steps (N, ...), in units of ``unit`` (a
+        spike count and the value of one spike: one multiply, ``count * (th / T)``, the ANN's
+        own form of a QCFS output): the mean (float) or the sum (fixed point) on each of the
+        t_out steps, as a broadcast view (stride 0 in time), so the projection after it can
+        run once, not t_out times (see sim.reference)."""
+        scale = unit if fixed_point else unit / node.attrs["t_in"]
+        acc = total if scale == 1.0 else total * scale
         return acc.unsqueeze(0).expand(node.attrs["t_out"], *acc.shape)
 
     def resample(self, node, x: torch.Tensor, fixed_point: bool) -> torch.Tensor:

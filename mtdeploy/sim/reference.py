@@ -109,6 +109,7 @@ class _Batch:
         self.ctx = {"seed": seed, "sample_ids": np.arange(start, start + n)}
         self.values: dict[str, torch.Tensor] = {}
         self.totals: dict[str, torch.Tensor] = {}     # population -> its output summed over steps
+        self.units: dict[str, float] = {}             # ... in units of this (1 unless listed)
         self.counts: dict[str, torch.Tensor] = {}
         self.synops: dict[str, float] = {}
         self.clipped = 0
@@ -132,6 +133,7 @@ class _Batch:
                 if plan.last_use.get(name) == index:
                     self.values.pop(name, None)
                     self.totals.pop(name, None)
+                    self.units.pop(name, None)
         return self.values[plan.graph.output][0].to(torch.float64)
 
     def _align(self, node: Node, kind) -> torch.Tensor:
@@ -140,7 +142,8 @@ class _Batch:
             return kind.closed_form_input(node, self.values[src])
         if kind.reads_steps(node):
             return kind.resample(node, self.values[src].to(dtype), fixed)
-        return kind.repeat_total(node, self.totals[src].to(dtype), fixed)
+        return kind.repeat_total(node, self.totals[src].to(dtype), fixed,
+                                 self.units.get(src, 1.0))
 
     def _population(self, node: Node, kind) -> None:
         plan = self.plan
@@ -160,8 +163,7 @@ class _Batch:
             spikes = kind.run(node, current, plan.fixed, self.ctx, plan.keep_steps[node.name])
             if spikes.steps is not None:
                 self.values[node.name] = spikes.steps
-            self.totals[node.name] = spikes.count * spikes.unit if spikes.unit != 1.0 \
-                else spikes.count
+            self.totals[node.name], self.units[node.name] = spikes.count, spikes.unit
             count = spikes.count
         else:
             out = kind.simulate(node, current, plan.fixed, self.ctx)
