@@ -11,7 +11,8 @@ def run(a) -> int:
     build = compile_model(a.model, input_shape=a.input_shape, target=a.target, out_dir=a.output,
                           timesteps=timesteps(a.timesteps), alignment=a.alignment, neuron=a.neuron,
                           v_init=a.v_init, seed=a.seed, input_max=a.input_max,
-                          weight_bits=a.weight_bits, trust_pickle=a.trust_pickle, force=a.force)
+                          weight_bits=a.weight_bits, trust_pickle=a.trust_pickle, force=a.force,
+                          per_layer_scaling=a.per_layer_scaling)
     _print_build(build, a.target)
     for row in build.report.get("quantization", []):
         if "warning" in row:

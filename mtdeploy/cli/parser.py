@@ -96,6 +96,9 @@ def _add_compile(sub) -> None:
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
                    "scale; default 1.0)")
     c.add_argument("--weight-bits", type=int, default=8)
+    c.add_argument("--per-layer-scaling", action="store_true",
+                   help="one fixed-point unit per layer, not per output channel (for targets "
+                   "without per-neuron thresholds; the profile's neuron.per_neuron_threshold)")
     c.add_argument("--seed", type=seed, default=0, help="seed of the TPP neurons' random stream")
     _add_trust_pickle(c)
 

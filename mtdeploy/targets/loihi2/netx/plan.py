@@ -21,6 +21,7 @@ from mtdeploy.findings import Finding, errors
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
+from mtdeploy.passes.quantize import per_layer_copy
 from mtdeploy.sim.reference import tree_int_forward
 from mtdeploy.targets.loihi2.forms import ConvForm, composed_conv, conv_matches, probed_matrix
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
@@ -99,8 +100,12 @@ def plan_netx(graph: Graph) -> StockPlan:
     """The stock layers for a converted, quantized graph; DoesNotFitError if it has no stock form.
 
     Structure stock NetX cannot express (it is a chain: each layer reads only the layer before)
-    is collected as findings, each naming its node, and raised together.
+    is collected as findings, each naming its node, and raised together. Stock netx has one
+    ``vThMant`` per layer, so a graph quantized per channel is planned from its per-layer
+    quantization (the ``/mtdeploy`` extension keeps the per-channel network).
     """
+    per_channel = graph
+    graph = per_layer_copy(graph)
     pops = _chain_populations(graph)
     inp = pops[0]
     steps = max(int(p.T) for p in pops[1:])
@@ -125,6 +130,8 @@ def plan_netx(graph: Graph) -> StockPlan:
         raise DoesNotFitError(findings_message("the network has no stock NetX form", findings),
                               findings)
     plan.run = _run_record(graph, plan, blocks, steps)
+    # the stock layers always have one unit per layer; say when the extension's differ
+    plan.run["extension_scaling"] = "per-channel" if graph is not per_channel else "per-layer"
     return plan
 
 
