@@ -235,8 +235,9 @@ KEPT_WEIGHTS_WARNING = 0.9
 
 def quantization_report(graph: Graph) -> list[dict]:
     """Per weighted layer of a quantized graph: the share of its non-zero weights that stay
-    non-zero, the mantissa bits used, and the largest rounding error relative to its largest
-    weight; ``warning`` where fewer than :data:`KEPT_WEIGHTS_WARNING` of the weights survive."""
+    non-zero, the mantissa bits used (its effective bits), the largest rounding error relative
+    to its largest weight, and whether its units are per channel or per layer; ``warning``
+    where fewer than :data:`KEPT_WEIGHTS_WARNING` of the weights survive."""
     rows = []
     for node in graph:
         if not (kind_of(node).weighted and "weight_int" in node.params
@@ -252,7 +253,8 @@ def quantization_report(graph: Graph) -> list[dict]:
         error = float(np.abs(w_int / scale - w).max(initial=0.0))
         row = {"layer": node.name, "weights": int(w.size), "nonzero_kept": kept,
                "mantissa_bits": mantissa_bits(w_int), "weight_exp": node.attrs.get("weight_exp", 0),
-               "max_error": error / peak if peak else 0.0}
+               "max_error": error / peak if peak else 0.0,
+               "units": "per channel" if scale.ndim else "per layer"}
         if kept < KEPT_WEIGHTS_WARNING:
             row["warning"] = (f"{node.label()}: keeps {100 * kept:.1f}% of its non-zero weights "
                               "in fixed point; its scale is dominated by another input of its "

@@ -130,8 +130,10 @@ def plan_netx(graph: Graph) -> StockPlan:
         raise DoesNotFitError(findings_message("the network has no stock NetX form", findings),
                               findings)
     plan.run = _run_record(graph, plan, blocks, steps)
-    # the stock layers always have one unit per layer; say when the extension's differ
-    plan.run["extension_scaling"] = "per-channel" if graph is not per_channel else "per-layer"
+    # the stock layers always have one unit per layer: with per-channel units in the
+    # extension they run the per-layer network, never exactly the extension's
+    if graph is not per_channel:
+        plan.run.update(exact=False, extension_scaling="per-channel")
     return plan
 
 
