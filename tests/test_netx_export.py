@@ -77,7 +77,7 @@ def test_T1_stock_layers_reproduce_mtdeploy_fixed_point_exactly(tmp_path_factory
 
 
 def test_file_layout_is_what_stock_netx_reads(tmp_path):
-    graph = _snn(random_cnn, 3, [2, 4, 2])
+    graph = _snn(random_cnn, 3, [2, 4, 2], per_channel=False)    # the stock layers' own units
     path = tmp_path / "network.net"
     write_netx(graph, path)
     with h5py.File(path) as f:
@@ -125,7 +125,7 @@ def test_residual_and_tpp_are_refused_with_every_finding_and_nothing_is_written(
 
 def test_values_the_stock_loader_cannot_hold_are_refused_before_writing(tmp_path):
     path = tmp_path / "network.net"
-    graph = _snn(random_mlp, 1, [2, 2, 2])
+    graph = _snn(random_mlp, 1, [2, 2, 2], per_channel=False)    # the stock layers' own units
     write_netx(graph, path)
     before = path.read_bytes()
     act = graph.of_kind("qcfs")[0]
