@@ -154,3 +154,16 @@ def test_lava_runs_per_neuron_thresholds_bit_exact(neuron):
         assert np.array_equal(c, ref.counts[pop]), pop
     assert ref.counts["act"].sum() > 0
     assert child_pids() - before == set()
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.int32), np.zeros(4, np.float32),
+                                 np.full(4, 5000, np.int32)], ids=["shape", "dtype", "range"])
+def test_a_file_with_unusable_channel_exponents_is_refused(bad):
+    from mtdeploy.errors import InputError
+    from mtdeploy.validate import graph_values
+
+    snn = build(True)
+    graph_values(snn, "ok.net")
+    snn["act"].params[CHANNEL_EXP] = bad
+    with pytest.raises(InputError, match="channel_exp"):
+        graph_values(snn, "bad.net")

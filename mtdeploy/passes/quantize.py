@@ -117,7 +117,9 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
                          lo_open=True)
         exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / threshold))))
     pop.params.pop(CHANNEL_EXP, None)
-    exps = _channel_exps(graph, pop, weighted, wmax, exp) if per_channel and not gains else None
+    bias = _tree_bias(graph, pop)
+    exps = _channel_exps(graph, pop, weighted, wmax, exp, bias) \
+        if per_channel and not gains else None
     if exps is not None:
         exp = int(exps.min())
         pop.params[CHANNEL_EXP] = exps.astype(np.int32)
@@ -139,7 +141,7 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
         mantissa, shift = _mantissa(np.asarray([gain / unit], np.float64), wmax)
         g[idx] = int(mantissa[0]) << shift
     pop_unit = unit if exps is None else unit_shaped(pop, 2.0 ** -exps.astype(np.float64))
-    pop.params["bias_int"] = np.round(_tree_bias(graph, pop) / pop_unit).astype(np.int64)
+    pop.params["bias_int"] = np.round(bias / pop_unit).astype(np.int64)
     pop.attrs["exp"] = exp
     if "threshold" in pop.params:
         pop.attrs["threshold_int"] = max(1, int(round(float(pop.params["threshold"]) / unit)))
@@ -155,7 +157,8 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
 BIAS_BITS = 20
 
 
-def _channel_exps(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_exp: int):
+def _channel_exps(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_exp: int,
+                  bias: np.ndarray):
     """Each output channel's exponent, from the finest weighted branch's peak in that channel
     (capped by the threshold's and the bias's range; a channel without weights keeps the
     layer's); None where channels do not map one-to-one from every weighted op to ``pop``
@@ -175,7 +178,7 @@ def _channel_exps(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_exp:
     if "threshold" in pop.params:
         caps.append(int(math.floor(math.log2(THRESHOLD_MAX / float(pop.params["threshold"])))))
     exps = np.minimum(exps, min(caps)) if caps else exps
-    bias = np.abs(_tree_bias(graph, pop)).reshape(c, -1).max(1)
+    bias = np.abs(bias).reshape(c, -1).max(1)
     with np.errstate(divide="ignore"):
         bias_cap = np.where(bias > 0, np.floor(np.log2(2.0 ** BIAS_BITS / bias)), np.inf)
     return np.minimum(exps, np.maximum(bias_cap, layer_exp)).astype(np.int64)
