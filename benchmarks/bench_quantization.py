@@ -18,7 +18,7 @@ avg-repeat, so every difference here is quantization):
   noise of 1e-5 (a network whose argmax moves under that much noise cannot agree with any
   fixed-point version of itself).
 
-    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 20] [--skip-digits]
+    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 20] [--skip-cnns|digits|resnet]
 
 Prints a table and writes benchmarks/results/quantization.json.
 """
@@ -201,13 +201,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--cnns", type=int, default=20)
+    ap.add_argument("--skip-cnns", action="store_true")
     ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--work", default=str(HERE.parent / "build" / "bench-quantization"))
     ap.add_argument("-o", "--output", default=str(HERE / "results" / "quantization.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    stages = [("random CNNs", lambda: random_cnn_rows(a.cnns, a.samples))]
+    stages = [] if a.skip_cnns else [("random CNNs", lambda: random_cnn_rows(a.cnns, a.samples))]
     if not a.skip_digits:
         stages.append(("digits", lambda: digits_rows(Path(a.work))))
     if not a.skip_resnet:
