@@ -1,5 +1,5 @@
 """Per-output-channel fixed point (issue 14): each channel's weights fill the 8-bit mantissa
-under a power-of-two unit of its own, carried by per-neuron thresholds; fixed point still
+under a unit of its own, carried by per-neuron integer thresholds; fixed point still
 equals the quantized ANN and Lava bit for bit; targets without per-neuron thresholds (stock
 NetX, Loihi 1, --per-layer-scaling) get one unit per layer."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from mtdeploy.frontends import graph_from_module
 from mtdeploy.frontends.netx import read_netx, stock_run_settings
-from mtdeploy.kinds.neurons import CHANNEL_EXP, int_thresholds
+from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds
 from mtdeploy.nn import QCFS
 from mtdeploy.passes import ConvertOptions, convert, quantize
 from mtdeploy.passes.quantize import per_layer_copy, quantization_report
@@ -53,16 +53,17 @@ def build(per_channel: bool, **options):
 def test_every_channel_fills_its_mantissa_and_carries_its_unit_in_its_threshold():
     snn = build(True)
     w = snn["conv"].params["weight_int"].reshape(4, -1)
-    assert np.all((np.abs(w).max(1) > 63) & (np.abs(w).max(1) <= 127))
-    exps = snn["act"].params[CHANNEL_EXP]
-    assert np.all(np.diff(exps) > 0) and exps[-1] - exps[0] >= 8     # smaller weights, finer units
+    assert np.array_equal(np.abs(w).max(1), [127] * 4)        # every channel's peak is wmax
+    units = snn["act"].params[CHANNEL_UNIT]
+    assert np.all(np.diff(units) < 0) and units[0] / units[-1] > 250  # smaller weights, finer
     th, v0 = int_thresholds(snn["act"])
-    assert th.shape == (4,) and np.array_equal(th, np.round(0.05 * 2.0 ** exps))
+    assert th.shape == (4,) and np.array_equal(th, np.round(0.05 / units))
     assert np.array_equal(v0, np.floor(0.5 * th + 0.5))
     assert snn["act"].attrs["threshold_int"] == th.max()    # range rules see the largest
     assert quantization_report(snn)[0]["nonzero_kept"] == 1.0
+    assert quantization_report(snn)[0]["units"] == "per channel"
     coarse = quantization_report(build(False))[0]
-    assert coarse["nonzero_kept"] < 0.7 and "warning" in coarse
+    assert coarse["nonzero_kept"] < 0.7 and "warning" in coarse and coarse["units"] == "per layer"
 
 
 @pytest.mark.parametrize("neuron", ["if", "tpp"])
@@ -81,23 +82,23 @@ def test_a_flatten_between_weights_and_neurons_keeps_one_unit():
     g = random_cnn(np.random.default_rng(0), size=6, channels=(3, 4), classes=4, levels=[2, 2])
     snn = quantize(convert(g, ConvertOptions()))
     # the conv populations and the readout (its linear reads a flatten: per channel is fine)
-    assert all(CHANNEL_EXP in p.params for p in snn if p.kind in ("qcfs", "readout"))
+    assert all(CHANNEL_UNIT in p.params for p in snn if p.kind in ("qcfs", "readout"))
     for node in snn:
-        if CHANNEL_EXP in node.params:
-            assert node.params[CHANNEL_EXP].shape == (node.shape[0],)
-            assert node.attrs["exp"] == node.params[CHANNEL_EXP].min()
+        if CHANNEL_UNIT in node.params:       # never coarser than the layer's one unit
+            assert node.params[CHANNEL_UNIT].shape == (node.shape[0],)
+            assert np.all(node.params[CHANNEL_UNIT] <= 2.0 ** -node.attrs["exp"])
 
 
 def test_per_layer_copy_is_the_per_layer_quantization():
     snn = build(True)
     flat = per_layer_copy(snn)
     ref = build(False)
-    assert flat is not snn and not any(CHANNEL_EXP in n.params for n in flat)
+    assert flat is not snn and not any(CHANNEL_UNIT in n.params for n in flat)
     for node in ref:
         for name, arr in node.params.items():
             assert np.array_equal(flat[node.name].params[name], arr), (node.name, name)
     assert per_layer_copy(ref) is ref
-    assert CHANNEL_EXP in snn["act"].params          # the original is untouched
+    assert CHANNEL_UNIT in snn["act"].params          # the original is untouched
 
 
 def test_netx_stock_layers_fall_back_to_per_layer_and_the_extension_keeps_per_channel(tmp_path):
@@ -108,7 +109,7 @@ def test_netx_stock_layers_fall_back_to_per_layer_and_the_extension_keeps_per_ch
     assert run["extension_scaling"] == "per-channel" and run["exact"] is False
     back = read_netx(path)
     assert back.to_json() == json.loads(json.dumps(snn.to_json()))
-    assert np.array_equal(back["act"].params[CHANNEL_EXP], snn["act"].params[CHANNEL_EXP])
+    assert np.array_equal(back["act"].params[CHANNEL_UNIT], snn["act"].params[CHANNEL_UNIT])
     x = np.random.default_rng(2).uniform(0, 1.4, (16, 1, 6, 6))
     assert np.array_equal(simulate(back, x, mode="fixed").output,
                           simulate(snn, x, mode="fixed").output)
@@ -127,12 +128,12 @@ def test_compile_follows_the_profile_and_the_per_layer_switch(tmp_path):
 
     model = Uneven().eval()
     per = compile_model(model, (1, 6, 6), out_dir=tmp_path / "a", input_max=1.5)
-    assert CHANNEL_EXP in per.graph["act"].params and per.graph.meta["per_channel"]
+    assert CHANNEL_UNIT in per.graph["act"].params and per.graph.meta["per_channel"]
     flat = compile_model(model, (1, 6, 6), out_dir=tmp_path / "b", input_max=1.5,
                          per_layer_scaling=True)
     loihi1 = compile_model(model, (1, 6, 6), target="loihi1", write=False, input_max=1.5)
     for b in (flat, loihi1):
-        assert not any(CHANNEL_EXP in n.params for n in b.graph)
+        assert not any(CHANNEL_UNIT in n.params for n in b.graph)
         assert b.graph.meta["per_channel"] is False
     md = (tmp_path / "b" / "report.md").read_text()
     assert "conv" in md and "keeps" in md        # the per-layer build warns about the conv
@@ -156,14 +157,14 @@ def test_lava_runs_per_neuron_thresholds_bit_exact(neuron):
     assert child_pids() - before == set()
 
 
-@pytest.mark.parametrize("bad", [np.zeros(3, np.int32), np.zeros(4, np.float32),
-                                 np.full(4, 5000, np.int32)], ids=["shape", "dtype", "range"])
-def test_a_file_with_unusable_channel_exponents_is_refused(bad):
+@pytest.mark.parametrize("bad", [np.ones(3), np.ones(4, np.int32), np.zeros(4)],
+                         ids=["shape", "dtype", "zero"])
+def test_a_file_with_unusable_channel_units_is_refused(bad):
     from mtdeploy.errors import InputError
     from mtdeploy.validate import graph_values
 
     snn = build(True)
     graph_values(snn, "ok.net")
-    snn["act"].params[CHANNEL_EXP] = bad
-    with pytest.raises(InputError, match="channel_exp"):
+    snn["act"].params[CHANNEL_UNIT] = bad
+    with pytest.raises(InputError, match="channel_unit"):
         graph_values(snn, "bad.net")

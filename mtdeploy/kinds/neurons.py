@@ -34,29 +34,31 @@ def threshold_of(node, fixed_point: bool) -> float:
     return float(node.attrs["threshold_int"]) if fixed_point else float(node.params["threshold"])
 
 
-#: a population's per-channel exponents (int, (C,)): channel c's unit is 2^-CHANNEL_EXP[c]
-#: (per-channel quantization, semantics §3); absent where one unit ``attrs["exp"]`` serves all
-CHANNEL_EXP = "channel_exp"
+#: a population's per-channel units (float64, (C,)): the real value of one integer unit of
+#: channel c's current (per-channel quantization, semantics §3); absent where one unit
+#: ``2^-attrs["exp"]`` serves the whole population
+CHANNEL_UNIT = "channel_unit"
 
 
 def int_thresholds(node):
     """(threshold_int, v_init_int) of a quantized population: numbers with one unit, else
-    int64 arrays (C,), one per channel, ``max(1, round(th 2^e_c))`` and
+    int64 arrays (C,), one per channel, ``max(1, round(th / u_c))`` and
     ``floor(v_init threshold_int + 1/2)`` (semantics §3)."""
-    exps = node.params.get(CHANNEL_EXP)
-    if exps is None:
+    units = node.params.get(CHANNEL_UNIT)
+    if units is None:
         return node.attrs["threshold_int"], node.attrs["v_init_int"]
-    th = np.maximum(1, np.round(float(node.params["threshold"]) * 2.0 ** np.asarray(exps, np.float64)))
+    th = np.maximum(1, np.round(float(node.params["threshold"]) / np.asarray(units, np.float64)))
     return th.astype(np.int64), np.floor(node.attrs.get("v_init", 0.5) * th + 0.5).astype(np.int64)
 
 
-def unit_exps(node):
-    """The exponent of each neuron's unit, broadcastable to ``(N, *node.shape)``: a number
-    with one unit per population, else the channel's, shaped (C, 1, ...)."""
-    exps = node.params.get(CHANNEL_EXP)
-    if exps is None:
-        return int(node.attrs["exp"])
-    return unit_shaped(node, np.asarray(exps, np.int64))
+def units_of(node):
+    """The real value of one integer unit of each neuron's current, broadcastable to
+    ``(N, *node.shape)``: a number with one unit per population, else the channel's, shaped
+    (C, 1, ...)."""
+    units = node.params.get(CHANNEL_UNIT)
+    if units is None:
+        return 2.0 ** -int(node.attrs["exp"])
+    return unit_shaped(node, np.asarray(units, np.float64))
 
 
 def unit_shaped(node, per_channel) -> np.ndarray:
@@ -368,9 +370,9 @@ class ReadoutKind(NodeKind):
         else:
             mean = current.to(torch.float64).sum(0) / current.shape[0]
         if fixed_point:
-            exps = unit_exps(node)
-            mean = mean * (2.0 ** -exps if np.ndim(exps) == 0 else
-                           torch.as_tensor(2.0 ** -exps.astype(np.float64), device=mean.device))
+            units = units_of(node)
+            mean = mean * (units if np.ndim(units) == 0 else
+                           torch.as_tensor(units, device=mean.device))
         return mean.unsqueeze(0)
 
     def closed_form(self, node, current_int):

@@ -1,13 +1,13 @@
-"""Fixed-point quantization: power-of-two units per population or per output channel, integer
-weights, gains, thresholds.
+"""Fixed-point quantization: units per output channel or power-of-two units per population,
+integer weights, gains, thresholds.
 
 Implements docs/semantics.md §3. Every scale that the float network applies between two
 populations (the producer's spike value, 1/t_in of averaging, TTM's t_out/t_in, average
 pooling's 1/k) is folded into the one weighted op of each path, so the hardware only ever
 adds integer weights and compares against an integer threshold. With ``per_channel`` (the
 default where the target has per-neuron thresholds) each output channel gets its own unit, so
-a channel of small weights still fills the 8-bit mantissa; its threshold (one integer per
-neuron) carries the scale, and the spike still means the population's one real threshold.
+every channel's largest weight is +-wmax however small its weights; its threshold (one integer
+per neuron) carries the scale, and the spike still means the population's one real threshold.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
-from mtdeploy.kinds.neurons import CHANNEL_EXP, int_thresholds, unit_shaped
+from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds, unit_shaped
 from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
@@ -47,8 +47,8 @@ def _paths(graph: Graph, pop: Node):
 def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8,
              per_channel: bool = True) -> Graph:
     """Add integer parameters to a converted graph (in place; returns it). ``per_channel``:
-    a power-of-two unit per output channel (needs per-neuron thresholds on the target);
-    False: one unit per population (``--per-layer-scaling``)."""
+    a unit per output channel (needs per-neuron thresholds on the target); False: one
+    power-of-two unit per population (``--per-layer-scaling``)."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
     weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
@@ -69,7 +69,7 @@ def per_layer_copy(graph: Graph) -> Graph:
     """A quantized graph again with one unit per population (what a target without per-neuron
     thresholds runs, e.g. stock NetX's one ``vThMant`` per layer); ``graph`` itself when it
     has no per-channel units."""
-    if not any(CHANNEL_EXP in n.params for n in graph):
+    if not any(CHANNEL_UNIT in n.params for n in graph):
         return graph
     return quantize(graph.copy(), graph.meta["weight_bits"], graph.meta["input_bits"],
                     per_channel=False)
@@ -99,8 +99,8 @@ def _branches(graph: Graph, pop: Node, input_unit: float):
 
 def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
                          per_channel: bool) -> None:
-    """Power-of-two units for the population's current (its threshold and bias): one per
-    output channel where ``per_channel`` allows it (:func:`_channel_exps`), else one for the
+    """Units for the population's current (its threshold and bias): one per output channel
+    where ``per_channel`` allows it (:func:`_channel_units`), else one power of two for the
     population. A single branch sets a unit from its peak, so its weights use the whole
     mantissa. Where branches join (a residual add), the unit comes from the finest branch and
     every other branch keeps its full mantissa too, scaled into the shared accumulator by a
@@ -116,16 +116,15 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
         threshold = real(f"{pop.label()}: threshold", float(pop.params["threshold"]), 0.0,
                          lo_open=True)
         exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / threshold))))
-    pop.params.pop(CHANNEL_EXP, None)
+    pop.params.pop(CHANNEL_UNIT, None)
     bias = _tree_bias(graph, pop)
-    exps = _channel_exps(graph, pop, weighted, wmax, exp, bias) \
-        if per_channel and not gains else None
-    if exps is not None:
-        exp = int(exps.min())
-        pop.params[CHANNEL_EXP] = exps.astype(np.int32)
     unit = 2.0 ** -exp
+    units = _channel_units(graph, pop, weighted, wmax, unit, bias) \
+        if per_channel and not gains else None
+    if units is not None:
+        pop.params[CHANNEL_UNIT] = units
     for node, s_in, post in weighted.values():
-        scale = s_in * post / (unit if exps is None else 2.0 ** -exps.astype(np.float64))
+        scale = s_in * post / (unit if units is None else units)
         mantissa, shift = _mantissa(node.params["weight"], wmax, scale)
         mantissa <<= shift
         node.params["weight_int"] = mantissa
@@ -140,14 +139,14 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
         g = consumer.attrs.setdefault("input_gain_int", [1] * len(consumer.inputs))
         mantissa, shift = _mantissa(np.asarray([gain / unit], np.float64), wmax)
         g[idx] = int(mantissa[0]) << shift
-    pop_unit = unit if exps is None else unit_shaped(pop, 2.0 ** -exps.astype(np.float64))
+    pop_unit = unit if units is None else unit_shaped(pop, units)
     pop.params["bias_int"] = np.round(bias / pop_unit).astype(np.int64)
     pop.attrs["exp"] = exp
     if "threshold" in pop.params:
         pop.attrs["threshold_int"] = max(1, int(round(float(pop.params["threshold"]) / unit)))
         pop.attrs["v_init_int"] = int(math.floor(pop.attrs.get("v_init", 0.5)
                                                  * pop.attrs["threshold_int"] + 0.5))
-        if exps is not None:     # the largest per-neuron values, for range rules
+        if units is not None:    # the largest per-neuron values, for range rules
             th, v0 = int_thresholds(pop)
             pop.attrs["threshold_int"], pop.attrs["v_init_int"] = int(th.max()), int(v0.max())
     _check_ranges(graph, pop)
@@ -157,12 +156,13 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
 BIAS_BITS = 20
 
 
-def _channel_exps(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_exp: int,
-                  bias: np.ndarray):
-    """Each output channel's exponent, from the finest weighted branch's peak in that channel
-    (capped by the threshold's and the bias's range; a channel without weights keeps the
-    layer's); None where channels do not map one-to-one from every weighted op to ``pop``
-    (a flatten between them) or ``pop`` has one channel."""
+def _channel_units(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_unit: float,
+                   bias: np.ndarray):
+    """Each output channel's unit (float64), the finest weighted branch's peak in that channel
+    over ``wmax`` (so that peak is exactly +-wmax), no finer than the threshold's and the
+    bias's range allow and no coarser than ``layer_unit`` (a channel without weights keeps
+    it); None where channels do not map one-to-one from every weighted op to ``pop`` (a
+    flatten between them) or ``pop`` has one channel."""
     c = pop.shape[0] if pop.shape else 0
     if c < 2 or not weighted or not all(_channel_path(graph, n, pop) for n, *_ in weighted.values()):
         return None
@@ -171,17 +171,11 @@ def _channel_exps(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_exp:
         rows = np.asarray(node.params["weight"]).reshape(c, -1)
         peak = np.maximum(rows.max(1), -rows.min(1)).astype(np.float64) * s_in * post
         peaks = np.minimum(peaks, np.where(peak > 0, peak, np.inf))
-    exps = np.full(c, layer_exp, np.int64)
-    have = np.isfinite(peaks)
-    exps[have] = np.floor(np.log2(wmax / peaks[have])).astype(np.int64)
-    caps = []
+    units = np.where(np.isfinite(peaks), peaks / wmax, layer_unit)
     if "threshold" in pop.params:
-        caps.append(int(math.floor(math.log2(THRESHOLD_MAX / float(pop.params["threshold"])))))
-    exps = np.minimum(exps, min(caps)) if caps else exps
-    bias = np.abs(bias).reshape(c, -1).max(1)
-    with np.errstate(divide="ignore"):
-        bias_cap = np.where(bias > 0, np.floor(np.log2(2.0 ** BIAS_BITS / bias)), np.inf)
-    return np.minimum(exps, np.maximum(bias_cap, layer_exp)).astype(np.int64)
+        units = np.maximum(units, float(pop.params["threshold"]) / THRESHOLD_MAX)
+    units = np.maximum(units, np.abs(bias).reshape(c, -1).max(1) / 2.0 ** BIAS_BITS)
+    return np.minimum(units, layer_unit).astype(np.float64)
 
 
 def _channel_path(graph: Graph, wnode: Node, pop: Node) -> bool:
