@@ -91,7 +91,8 @@ def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int 
     """The network a build holds: converted, bounded by the profile, quantized and scheduled
     for it, and the schedule. ``compile`` builds it, and ``check`` costs exactly it, so the two
     report the same cores."""
-    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits)
+    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits,
+                 per_layer_scaling=per_layer_scaling)
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits,
@@ -106,7 +107,8 @@ def as_snn(graph: Graph, options: ConvertOptions, **quantization) -> Graph:
     could apply to it."""
     if not graph.meta.get("converted"):
         return convert(graph, options)
-    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8}
+    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8,
+                "per_layer_scaling": False}
     changed = [name for name, value in {**asdict(options), **quantization}.items()
                if not (value is defaults[name] or value == defaults[name])]
     if changed:

@@ -168,3 +168,20 @@ def test_a_file_with_unusable_channel_units_is_refused(bad):
     snn["act"].params[CHANNEL_UNIT] = bad
     with pytest.raises(InputError, match="channel_unit"):
         graph_values(snn, "bad.net")
+
+
+def test_the_cli_switch_builds_per_layer_and_is_refused_for_a_net_file(tmp_path, capsys):
+    from mtdeploy.cli import main
+
+    model = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(Uneven().eval(), torch.zeros(1, 1, 6, 6)), model)
+    args = ["compile", str(model), "--input-shape", "1,6,6", "--input-max", "1.5"]
+    assert main(args + ["-o", str(tmp_path / "a"), "--per-layer-scaling"]) == 0
+    assert "per layer" in (tmp_path / "a" / "report.md").read_text()
+    assert "per channel" not in (tmp_path / "a" / "report.md").read_text()
+    assert main(args + ["-o", str(tmp_path / "b")]) == 0
+    assert "per channel" in (tmp_path / "b" / "report.md").read_text()
+    capsys.readouterr()
+    net = next((tmp_path / "b").glob("network.*"))
+    assert main(["compile", str(net), "-o", str(tmp_path / "c"), "--per-layer-scaling"]) == 2
+    assert "--per-layer-scaling" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -21,7 +21,8 @@ BUILD_HELP = "a build directory written by 'mtdeploy compile'"
 OPTIONS = {
     "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "alignment": "--alignment",
                 "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
-                "weight_bits": "--weight-bits"},
+                "weight_bits": "--weight-bits",
+                "per_layer_scaling": "--per-layer-scaling"},
     "check": {"timesteps": "--timesteps"},
     "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input",
                  "device": "--device", "workers": "--workers",
