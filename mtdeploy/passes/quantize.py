@@ -107,7 +107,7 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
     power of two of its own (a synapse group's weight exponent), so no branch is rounded away
     by another's range."""
     weighted, gains = _branches(graph, pop, input_unit)
-    peaks = [float(np.abs(n.params["weight"]).max()) * s * p for n, s, p in weighted.values()]
+    peaks = [_peak(n.params["weight"]) * s * p for n, s, p in weighted.values()]
     joined = len(weighted) + len(gains) > 1
     finest = [v for v in (peaks if joined and any(peaks) else peaks + [g for *_, g in gains]) if v > 0]
     peak = (min(finest) if joined else max(finest)) if finest else 0.0
@@ -150,6 +150,12 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
             th, v0 = int_thresholds(pop)
             pop.attrs["threshold_int"], pop.attrs["v_init_int"] = int(th.max()), int(v0.max())
     _check_ranges(graph, pop)
+
+
+def _peak(values) -> float:
+    """max |values| without an |values| copy (a VGG-16 classifier holds 100M weights)."""
+    values = np.asarray(values)
+    return float(max(values.max(initial=0.0), -values.min(initial=0.0))) if values.size else 0.0
 
 
 #: a channel's unit is at most this much finer than its bias allows (|bias_int| <= 2^BIAS_BITS)
