@@ -172,7 +172,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for label, timesteps in (("T = levels (streaming approximation)", None),
                              ("T = 1 everywhere (exact subset)", 1)):
-        graph = quantize(convert(ann, ConvertOptions(timesteps=timesteps)))
+        # per layer: stock netx has one vThMant per layer (semantics §3, per-channel units)
+        graph = quantize(convert(ann, ConvertOptions(timesteps=timesteps)), per_channel=False)
         name = "levels" if timesteps is None else "t1"
         rows += evaluate(graph, x, y, work / f"digits_{name}.net", label, multiples)
     header = (f"{'configuration':<38} {'window':>6} {'N':>5} {'agree':>7} {'ref acc':>8} "

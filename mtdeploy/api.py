@@ -59,11 +59,14 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
                   weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
-                  write: bool = True, force: bool = False, calib=None) -> Build:
+                  write: bool = True, force: bool = False, calib=None,
+                  per_layer_scaling: bool = False) -> Build:
     """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
 
     Raises DoesNotFitError (exit 3) with every finding when the model does not fit; nothing is
-    written then. The build directory appears whole or not at all, and replaces only what
+    written then. Weights are scaled per output channel where the target has per-neuron
+    thresholds (``per_layer_scaling``: one unit per layer anyway). The build directory appears
+    whole or not at all, and replaces only what
     :func:`mtdeploy.io.check_output_dir` allows (``force``: also a directory mtdeploy did not
     write; never a file, nor the directory of ``model``); ``out_dir`` is checked before any work.
     ``calib``: samples (an array (N, *input_shape) or a samples file) that set ``input_max``
@@ -79,7 +82,7 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     input_max, source = _input_max(model, graph, input_max, calib)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
-    snn, sched = deployable(graph, options, profile, weight_bits, input_bits)
+    snn, sched = deployable(graph, options, profile, weight_bits, input_bits, per_layer_scaling)
     check = check_budget(snn, profile)
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
@@ -113,14 +116,16 @@ def _input_max(model, graph: Graph, given, calib) -> tuple[float | None, str]:
 
 
 def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int = 8,
-               input_bits: int = 8) -> tuple[Graph, dict]:
+               input_bits: int = 8, per_layer_scaling: bool = False) -> tuple[Graph, dict]:
     """The network a build holds: converted, bounded by the profile, quantized and scheduled
     for it, and the schedule. ``compile`` builds it, and ``check`` costs exactly it, so the two
     report the same cores."""
-    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits)
+    snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits,
+                 per_layer_scaling=per_layer_scaling)
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
-        quantize(snn, weight_bits=weight_bits, input_bits=input_bits)
+        quantize(snn, weight_bits=weight_bits, input_bits=input_bits,
+                 per_channel=profile.per_neuron_threshold and not per_layer_scaling)
     mark_fan_in_splits(snn, profile)     # before the schedule: a split edge takes one more hop
     return snn, schedule(snn, hop_steps=profile.hop_steps)
 
@@ -132,7 +137,8 @@ def as_snn(graph: Graph, options: ConvertOptions, **quantization) -> Graph:
     could apply to it."""
     if not graph.meta.get("converted"):
         return convert(graph, options)
-    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8}
+    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8,
+                "per_layer_scaling": False}
     changed = [name for name, value in {**asdict(options), **quantization}.items()
                if not (value is defaults[name] or value == defaults[name])]
     if changed:

@@ -118,6 +118,12 @@ def _check_params(label: str, params: dict, shape: tuple) -> None:
     if "threshold" in params:
         th = np.asarray(params["threshold"])
         real(f"{label}: threshold", th.item() if th.size == 1 else None, 0.0, lo_open=True)
+    if "channel_unit" in params:     # per-channel units: one real unit per output channel
+        units = np.asarray(params["channel_unit"])
+        if units.dtype.kind != "f" or units.shape != shape[:1] or not np.all(units > 0):
+            raise InputError(f"{label}: parameter channel_unit must be one number > 0 per "
+                             f"output channel ({shape[:1]}), got dtype {units.dtype}, shape "
+                             f"{units.shape}")
 
 
 def _all_finite(value) -> bool:

@@ -142,8 +142,9 @@ def test_netx_writes_1d_layers_as_stock_dense_layers(tmp_path):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, bias=False), QCFS(1, 1.0),
                           nn.AvgPool1d(2), nn.Flatten(), nn.Linear(48, 3, bias=False)).eval()
+    # one unit per layer: the network stock netx's one vThMant per layer runs exactly
     snn = quantize(convert(graph_from_module(model, INPUT_SHAPE), ConvertOptions(input_max=1.5)),
-                   weight_bits=6, input_bits=4)
+                   weight_bits=6, input_bits=4, per_channel=False)
     path = tmp_path / "signal.net"
     write_netx(snn, path)
     assert not errors(validate_netx_file(path))
@@ -172,8 +173,9 @@ def test_stock_netx_runs_the_1d_file_exactly_like_mtdeploys_fixed_point(tmp_path
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, bias=False), QCFS(1, 1.0),
                           nn.AvgPool1d(2), nn.Flatten(), nn.Linear(48, 3, bias=False)).eval()
+    # one unit per layer: the network stock netx's one vThMant per layer runs exactly
     snn = quantize(convert(graph_from_module(model, INPUT_SHAPE), ConvertOptions(input_max=1.5)),
-                   weight_bits=6, input_bits=4)
+                   weight_bits=6, input_bits=4, per_channel=False)
     path = tmp_path / "signal.net"
     write_netx(snn, path)
     x = batch(4, seed=7).numpy()

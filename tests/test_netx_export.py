@@ -22,9 +22,9 @@ from mtdeploy.testing import random_cnn, random_mlp, random_residual
 BUILDERS = {"mlp": random_mlp, "cnn": random_cnn}
 
 
-def _snn(builder, seed, levels, **options):
+def _snn(builder, seed, levels, per_channel=True, **options):
     return quantize(convert(builder(np.random.default_rng(seed), levels=levels),
-                            ConvertOptions(**options)))
+                            ConvertOptions(**options)), per_channel=per_channel)
 
 
 def _x(graph, seed=0, n=24):
@@ -59,8 +59,9 @@ def test_extension_round_trip_is_the_exact_graph(tmp_path_factory, arch, seed, l
 def test_T1_stock_layers_reproduce_mtdeploy_fixed_point_exactly(tmp_path_factory, arch, seed, v_init):
     """The exactness argument, checked on the stock view (whose CUBA simulation is bit-exact
     with Lava, tests/test_netx_lava.py): with every T = 1 the stock readout and every layer's
-    spikes equal mtdeploy's fixed-point MT-SNN."""
-    graph = _snn(BUILDERS[arch], seed, [1, 1, 1], v_init=v_init)
+    spikes equal mtdeploy's fixed-point MT-SNN (quantized per layer: stock netx has one
+    vThMant per layer, so only that network has an exact stock form)."""
+    graph = _snn(BUILDERS[arch], seed, [1, 1, 1], per_channel=False, v_init=v_init)
     path = tmp_path_factory.mktemp("t1") / "network.net"
     write_netx(graph, path)
     run = stock_run_settings(path)
@@ -76,7 +77,7 @@ def test_T1_stock_layers_reproduce_mtdeploy_fixed_point_exactly(tmp_path_factory
 
 
 def test_file_layout_is_what_stock_netx_reads(tmp_path):
-    graph = _snn(random_cnn, 3, [2, 4, 2])
+    graph = _snn(random_cnn, 3, [2, 4, 2], per_channel=False)    # the stock layers' own units
     path = tmp_path / "network.net"
     write_netx(graph, path)
     with h5py.File(path) as f:
@@ -124,7 +125,7 @@ def test_residual_and_tpp_are_refused_with_every_finding_and_nothing_is_written(
 
 def test_values_the_stock_loader_cannot_hold_are_refused_before_writing(tmp_path):
     path = tmp_path / "network.net"
-    graph = _snn(random_mlp, 1, [2, 2, 2])
+    graph = _snn(random_mlp, 1, [2, 2, 2], per_channel=False)    # the stock layers' own units
     write_netx(graph, path)
     before = path.read_bytes()
     act = graph.of_kind("qcfs")[0]

@@ -20,8 +20,9 @@ BUILD_HELP = "a build directory written by 'mtdeploy compile'"
 # parameter's name (``budget 'x': ...`` is shown as ``--budget 'x': ...``).
 OPTIONS = {
     "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "calib": "--calib",
-                "alignment": "--alignment", "neuron": "--neuron", "v_init": "--v-init", "seed": "--seed",
-                "weight_bits": "--weight-bits"},
+                "alignment": "--alignment", "neuron": "--neuron", "v_init": "--v-init",
+                "seed": "--seed", "weight_bits": "--weight-bits",
+                "per_layer_scaling": "--per-layer-scaling"},
     "check": {"timesteps": "--timesteps"},
     "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input",
                  "device": "--device", "workers": "--workers",
@@ -100,6 +101,9 @@ def _add_compile(sub) -> None:
                    "|x| sets --input-max when it is not given, and compile reports how many "
                    "saturate the input's fixed-point range")
     c.add_argument("--weight-bits", type=int, default=8)
+    c.add_argument("--per-layer-scaling", action="store_true",
+                   help="one fixed-point unit per layer, not per output channel (for targets "
+                   "without per-neuron thresholds; the profile's neuron.per_neuron_threshold)")
     c.add_argument("--seed", type=seed, default=0, help="seed of the TPP neurons' random stream")
     _add_trust_pickle(c)
 

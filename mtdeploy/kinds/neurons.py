@@ -34,6 +34,48 @@ def threshold_of(node, fixed_point: bool) -> float:
     return float(node.attrs["threshold_int"]) if fixed_point else float(node.params["threshold"])
 
 
+#: a population's per-channel units (float64, (C,)): the real value of one integer unit of
+#: channel c's current (per-channel quantization, semantics §3); absent where one unit
+#: ``2^-attrs["exp"]`` serves the whole population
+CHANNEL_UNIT = "channel_unit"
+
+
+def int_thresholds(node):
+    """(threshold_int, v_init_int) of a quantized population: numbers with one unit, else
+    int64 arrays (C,), one per channel, ``max(1, round(th / u_c))`` and
+    ``floor(v_init threshold_int + 1/2)`` (semantics §3)."""
+    units = node.params.get(CHANNEL_UNIT)
+    if units is None:
+        return node.attrs["threshold_int"], node.attrs["v_init_int"]
+    th = np.maximum(1, np.round(float(node.params["threshold"]) / np.asarray(units, np.float64)))
+    return th.astype(np.int64), np.floor(node.attrs.get("v_init", 0.5) * th + 0.5).astype(np.int64)
+
+
+def units_of(node):
+    """The real value of one integer unit of each neuron's current, broadcastable to
+    ``(N, *node.shape)``: a number with one unit per population, else the channel's, shaped
+    (C, 1, ...)."""
+    units = node.params.get(CHANNEL_UNIT)
+    if units is None:
+        return 2.0 ** -int(node.attrs["exp"])
+    return unit_shaped(node, np.asarray(units, np.float64))
+
+
+def unit_shaped(node, per_channel) -> np.ndarray:
+    """A per-channel (C,) array shaped (C, 1, ...) to broadcast over ``node``'s neurons."""
+    return np.asarray(per_channel).reshape(-1, *([1] * (len(node.shape) - 1)))
+
+
+def _neuron_values(node, value, like: torch.Tensor, n: int):
+    """A per-channel (C,) value as one float per neuron of a flattened (N, *shape) batch (a
+    number stays a number)."""
+    if np.ndim(value) == 0:
+        return float(value)
+    per = torch.as_tensor(unit_shaped(node, np.asarray(value, np.float64)), dtype=like.dtype,
+                          device=like.device)
+    return per.expand(*node.shape).reshape(1, -1).expand(n, -1).reshape(-1)
+
+
 # ---- neuron models of a qcfs population ---------------------------------------------------
 #: Neurons stepped together on the CPU: one chunk's membrane, current and spikes stay in cache
 #: over all T steps, so the loop costs a few cache-resident passes per step instead of
@@ -119,8 +161,12 @@ class IntegrateAndFire(NeuronModel):
     description = "integrate-and-fire, reset by subtraction (QCFS's exact SNN form)"
 
     def run(self, node, current, fixed_point, ctx, steps=True):
-        th = threshold_of(node, fixed_point)
-        v0 = float(node.attrs["v_init_int"]) if fixed_point else node.attrs.get("v_init", 0.5) * th
+        if fixed_point:     # per-neuron integers under per-channel units (semantics §3)
+            th, v0 = (_neuron_values(node, v, current, current.shape[1])
+                      for v in int_thresholds(node))
+        else:
+            th = threshold_of(node, False)
+            v0 = node.attrs.get("v_init", 0.5) * th
         t_steps, shape = current.shape[0], current.shape[1:]
         flat, steady = _flat_steps(current)
         like = {"dtype": current.dtype, "device": current.device}
@@ -129,12 +175,16 @@ class IntegrateAndFire(NeuronModel):
 
         def step_chunk(i: int, j: int, mem: torch.Tensor, scratch: torch.Tensor) -> None:
             chunk, cnt = flat[:, i:j], count[i:j]
-            mem = mem[:j - i].fill_(v0)
+            th_c = th if isinstance(th, float) else th[i:j]
+            mem = mem[:j - i].fill_(v0) if isinstance(v0, float) else mem[:j - i].copy_(v0[i:j])
             clamp = fixed_point and _may_saturate(chunk, t_steps, v0, th)
             for t in range(t_steps):
                 mem.add_(chunk[0 if steady else t])
-                spikes = torch.ge(mem, th, out=scratch[:j - i] if out is None else out[t, i:j])
-                mem.sub_(spikes, alpha=th)
+                spikes = torch.ge(mem, th_c, out=scratch[:j - i] if out is None else out[t, i:j])
+                if isinstance(th_c, float):
+                    mem.sub_(spikes, alpha=th_c)
+                else:
+                    mem.addcmul_(spikes, th_c, value=-1)
                 if clamp:
                     mem.clamp_(STATE_MIN, STATE_MAX)
                 cnt.add_(spikes)
@@ -147,18 +197,21 @@ class IntegrateAndFire(NeuronModel):
 
     def closed_form(self, node, current_int):
         """Spikes under a constant integer current for T steps: clip(floor((T I + v0)/th), 0, T)."""
-        th = float(node.attrs["threshold_int"])
+        th, v0 = (torch.as_tensor(unit_shaped(node, v) if np.ndim(v) else float(v),
+                                  dtype=current_int.dtype, device=current_int.device)
+                  for v in int_thresholds(node))
         t = node.T
-        return torch.clamp(torch.floor((t * current_int + node.attrs["v_init_int"]) / th), 0, t)
+        return torch.clamp(torch.floor((t * current_int + v0) / th), 0, t)
 
 
-def _may_saturate(chunk: torch.Tensor, t_steps: int, v0: float, th: float) -> bool:
+def _may_saturate(chunk: torch.Tensor, t_steps: int, v0, th) -> bool:
     """Whether the 24-bit state can leave its range: not when |v0| + T max|I| + th stays
     inside it, and then the clamp is the identity and is skipped (checked, not assumed)."""
     if not chunk.numel():
         return False
     low, high = torch.aminmax(chunk)
-    return max(-float(low), float(high)) * t_steps + abs(v0) + th > STATE_MAX
+    v0, th = (float(v.abs().max()) if isinstance(v, torch.Tensor) else abs(v) for v in (v0, th))
+    return max(-float(low), float(high)) * t_steps + v0 + th > STATE_MAX
 
 
 class TwoPhaseProbabilistic(NeuronModel):
@@ -175,6 +228,9 @@ class TwoPhaseProbabilistic(NeuronModel):
         # float64 throughout: the fixed-point test r (T-k+1) th < v 2^24 outgrows 24 bits.
         current = current.to(torch.float64)
         th = threshold_of(node, fixed_point)
+        if fixed_point and np.ndim(int_thresholds(node)[0]):    # per-channel units
+            th = torch.as_tensor(unit_shaped(node, int_thresholds(node)[0]), dtype=torch.float64,
+                                 device=current.device)
         t_steps = current.shape[0]
         v = current.sum(0)
         neuron = np.arange(int(np.prod(v.shape[1:])), dtype=np.int64)
@@ -314,7 +370,9 @@ class ReadoutKind(NodeKind):
         else:
             mean = current.to(torch.float64).sum(0) / current.shape[0]
         if fixed_point:
-            mean = mean * 2.0 ** -node.attrs["exp"]
+            units = units_of(node)
+            mean = mean * (units if np.ndim(units) == 0 else
+                           torch.as_tensor(units, device=mean.device))
         return mean.unsqueeze(0)
 
     def closed_form(self, node, current_int):

@@ -1,9 +1,13 @@
-"""Fixed-point quantization: per-population power-of-two units, integer weights, gains, thresholds.
+"""Fixed-point quantization: units per output channel or power-of-two units per population,
+integer weights, gains, thresholds.
 
 Implements docs/semantics.md §3. Every scale that the float network applies between two
 populations (the producer's spike value, 1/t_in of averaging, TTM's t_out/t_in, average
 pooling's 1/k) is folded into the one weighted op of each path, so the hardware only ever
-adds integer weights and compares against an integer threshold.
+adds integer weights and compares against an integer threshold. With ``per_channel`` (the
+default where the target has per-neuron thresholds) each output channel gets its own unit, so
+every channel's largest weight is +-wmax however small its weights; its threshold (one integer
+per neuron) carries the scale, and the spike still means the population's one real threshold.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
+from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds, unit_shaped
 from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
@@ -39,8 +44,11 @@ def _paths(graph: Graph, pop: Node):
             yield edge_node, path
 
 
-def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8) -> Graph:
-    """Add integer parameters to a converted graph (in place; returns it)."""
+def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8,
+             per_channel: bool = True) -> Graph:
+    """Add integer parameters to a converted graph (in place; returns it). ``per_channel``:
+    a unit per output channel (needs per-neuron thresholds on the target); False: one
+    power-of-two unit per population (``--per-layer-scaling``)."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
     weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
@@ -48,12 +56,23 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8) -> Graph:
     wmax = 2 ** (weight_bits - 1) - 1
     input_max = float(graph.meta.get("input_max", 1.0))
     graph.meta["input_exp"] = int(math.floor(math.log2((2 ** (input_bits - 1) - 1) / input_max)))
-    graph.meta.update({"weight_bits": weight_bits, "input_bits": input_bits, "quantized": True})
+    graph.meta.update({"weight_bits": weight_bits, "input_bits": input_bits, "quantized": True,
+                       "per_channel": bool(per_channel)})
     input_unit = 2.0 ** -graph.meta["input_exp"]
     for pop in populations(graph):
         if pop.inputs:
-            _quantize_population(graph, pop, wmax, input_unit)
+            _quantize_population(graph, pop, wmax, input_unit, bool(per_channel))
     return graph
+
+
+def per_layer_copy(graph: Graph) -> Graph:
+    """A quantized graph again with one unit per population (what a target without per-neuron
+    thresholds runs, e.g. stock NetX's one ``vThMant`` per layer); ``graph`` itself when it
+    has no per-channel units."""
+    if not any(CHANNEL_UNIT in n.params for n in graph):
+        return graph
+    return quantize(graph.copy(), graph.meta["weight_bits"], graph.meta["input_bits"],
+                    per_channel=False)
 
 
 def _branches(graph: Graph, pop: Node, input_unit: float):
@@ -78,14 +97,17 @@ def _branches(graph: Graph, pop: Node, input_unit: float):
     return weighted, gains
 
 
-def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) -> None:
-    """One power-of-two unit for the population's current (its threshold and bias). A single
-    branch sets it from its peak, so its weights use the whole mantissa. Where branches join
-    (a residual add), the unit comes from the finest branch and every other branch keeps its
-    full mantissa too, scaled into the shared accumulator by a power of two of its own (a
-    synapse group's weight exponent), so no branch is rounded away by another's range."""
+def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float,
+                         per_channel: bool) -> None:
+    """Units for the population's current (its threshold and bias): one per output channel
+    where ``per_channel`` allows it (:func:`_channel_units`), else one power of two for the
+    population. A single branch sets a unit from its peak, so its weights use the whole
+    mantissa. Where branches join (a residual add), the unit comes from the finest branch and
+    every other branch keeps its full mantissa too, scaled into the shared accumulator by a
+    power of two of its own (a synapse group's weight exponent), so no branch is rounded away
+    by another's range."""
     weighted, gains = _branches(graph, pop, input_unit)
-    peaks = [float(np.abs(n.params["weight"]).max()) * s * p for n, s, p in weighted.values()]
+    peaks = [_peak(n.params["weight"]) * s * p for n, s, p in weighted.values()]
     joined = len(weighted) + len(gains) > 1
     finest = [v for v in (peaks if joined and any(peaks) else peaks + [g for *_, g in gains]) if v > 0]
     peak = (min(finest) if joined else max(finest)) if finest else 0.0
@@ -94,12 +116,22 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) 
         threshold = real(f"{pop.label()}: threshold", float(pop.params["threshold"]), 0.0,
                          lo_open=True)
         exp = min(exp, int(math.floor(math.log2(THRESHOLD_MAX / threshold))))
+    pop.params.pop(CHANNEL_UNIT, None)
+    bias = _tree_bias(graph, pop)
     unit = 2.0 ** -exp
+    units = _channel_units(graph, pop, weighted, wmax, unit, bias) \
+        if per_channel and not gains else None
+    if units is not None:
+        pop.params[CHANNEL_UNIT] = units
     for node, s_in, post in weighted.values():
-        mantissa, shift = _mantissa(node.params["weight"], wmax, s_in * post / unit)
+        scale = s_in * post / (unit if units is None else units)
+        mantissa, shift = _mantissa(node.params["weight"], wmax, scale)
         mantissa <<= shift
         node.params["weight_int"] = mantissa
-        node.attrs["weight_scale"] = s_in * post / unit
+        node.attrs["weight_scale"] = scale if np.ndim(scale) == 0 else float(np.max(scale))
+        node.params.pop("weight_scale", None)
+        if np.ndim(scale):
+            node.params["weight_scale"] = np.asarray(scale, np.float64)
         node.attrs["weight_exp"] = shift
     for node in tree_nodes(graph, pop) + [pop]:
         node.attrs.pop("input_gain_int", None)
@@ -107,34 +139,96 @@ def _quantize_population(graph: Graph, pop: Node, wmax: int, input_unit: float) 
         g = consumer.attrs.setdefault("input_gain_int", [1] * len(consumer.inputs))
         mantissa, shift = _mantissa(np.asarray([gain / unit], np.float64), wmax)
         g[idx] = int(mantissa[0]) << shift
-    pop.params["bias_int"] = np.round(_tree_bias(graph, pop) / unit).astype(np.int64)
+    pop_unit = unit if units is None else unit_shaped(pop, units)
+    pop.params["bias_int"] = np.round(bias / pop_unit).astype(np.int64)
     pop.attrs["exp"] = exp
     if "threshold" in pop.params:
-        th = max(1, int(round(float(pop.params["threshold"]) / unit)))
-        pop.attrs["threshold_int"] = th
-        pop.attrs["v_init_int"] = int(math.floor(pop.attrs.get("v_init", 0.5) * th + 0.5))
+        pop.attrs["threshold_int"] = max(1, int(round(float(pop.params["threshold"]) / unit)))
+        pop.attrs["v_init_int"] = int(math.floor(pop.attrs.get("v_init", 0.5)
+                                                 * pop.attrs["threshold_int"] + 0.5))
+        if units is not None:    # the largest per-neuron values, for range rules
+            th, v0 = int_thresholds(pop)
+            pop.attrs["threshold_int"], pop.attrs["v_init_int"] = int(th.max()), int(v0.max())
     _check_ranges(graph, pop)
 
 
-def _mantissa(values: np.ndarray, wmax: int, scale: float = 1.0,
+def _peak(values) -> float:
+    """max |values| without an |values| copy (a VGG-16 classifier holds 100M weights)."""
+    values = np.asarray(values)
+    return float(max(values.max(initial=0.0), -values.min(initial=0.0))) if values.size else 0.0
+
+
+#: a channel's unit is at most this much finer than its bias allows (|bias_int| <= 2^BIAS_BITS)
+BIAS_BITS = 20
+
+
+def _channel_units(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_unit: float,
+                   bias: np.ndarray):
+    """Each output channel's unit (float64), the finest weighted branch's peak in that channel
+    over ``wmax`` (so that peak is exactly +-wmax), no finer than the threshold's and the
+    bias's range allow and no coarser than ``layer_unit`` (a channel without weights keeps
+    it); None where channels do not map one-to-one from every weighted op to ``pop`` (a
+    flatten between them) or ``pop`` has one channel."""
+    c = pop.shape[0] if pop.shape else 0
+    if c < 2 or not weighted or not all(_channel_path(graph, n, pop) for n, *_ in weighted.values()):
+        return None
+    peaks = np.full(c, np.inf)
+    for node, s_in, post in weighted.values():
+        rows = np.asarray(node.params["weight"]).reshape(c, -1)
+        peak = np.maximum(rows.max(1), -rows.min(1)).astype(np.float64) * s_in * post
+        peaks = np.minimum(peaks, np.where(peak > 0, peak, np.inf))
+    units = np.where(np.isfinite(peaks), peaks / wmax, layer_unit)
+    if "threshold" in pop.params:
+        units = np.maximum(units, float(pop.params["threshold"]) / THRESHOLD_MAX)
+    units = np.maximum(units, np.abs(bias).reshape(c, -1).max(1) / 2.0 ** BIAS_BITS)
+    return np.minimum(units, layer_unit).astype(np.float64)
+
+
+def _channel_path(graph: Graph, wnode: Node, pop: Node) -> bool:
+    """Whether output channel k of ``wnode`` feeds only channel k of ``pop``: every node from
+    it to ``pop`` keeps the channel axis (a pool or an add does; a flatten does not)."""
+    c = pop.shape[0]
+    if tuple(wnode.shape[:1]) != (c,) or len(wnode.shape) != len(pop.shape):
+        return False
+    tree = {n.name for n in tree_nodes(graph, pop)}
+    frontier, seen = [wnode.name], set()
+    while frontier:
+        name = frontier.pop()
+        for node in graph:
+            if name in node.inputs and node.name not in seen and (node.name in tree or node is pop):
+                if len(node.shape) != len(pop.shape) or node.shape[0] != c:
+                    return False
+                seen.add(node.name)
+                if node is not pop:
+                    frontier.append(node.name)
+    return True
+
+
+def _mantissa(values: np.ndarray, wmax: int, scale=1.0,
               block: int = 2 ** 22) -> tuple[np.ndarray, int]:
     """``values * scale`` (in float64) as ``mantissa << shift`` (int32): the smallest
     power-of-two shift >= 0 that fits the rounded values into [-wmax, wmax] (0 for values
-    already in range, as a single branch's). Rounded ``block`` values at a time, so a
-    VGG-16 classifier's 100M weights need no float64 copy."""
+    already in range, as a single branch's). ``scale`` is a number or one per row (output
+    channel) of ``values``. Rounded about ``block`` values at a time, so a VGG-16
+    classifier's 100M weights need no float64 copy."""
     values = np.asarray(values)
-    flat = values.reshape(-1)
+    scale = np.asarray(scale, np.float64)
+    rows = values.reshape(scale.size if scale.ndim else 1, -1)
+    scale = scale.reshape(-1, 1) if scale.ndim else scale.reshape(1, 1)
     # float64(v) * scale rounds monotonically, so the peak is the scaled largest |value|
-    peak = float(max(flat.max(initial=0.0), -flat.min(initial=0.0))) * scale
+    peak = float(np.max(np.maximum(rows.max(1, initial=0.0), -rows.min(1, initial=0.0))
+                        * scale[:, 0], initial=0.0))
     shift = max(0, math.ceil(math.log2(peak / (wmax + 0.5)))) if peak > wmax + 0.5 else 0
-    out = np.empty(flat.shape, np.int32)
-    for b0 in range(0, len(flat), block):
-        chunk = flat[b0:b0 + block].astype(np.float64) * scale
-        if shift:
-            chunk /= 2.0 ** shift
-        np.rint(chunk, out=chunk)
-        np.clip(chunk, -wmax, wmax, out=chunk)
-        out[b0:b0 + block] = chunk
+    out = np.empty(rows.shape, np.int32)
+    step = max(1, block // max(1, rows.shape[1]))
+    for r0 in range(0, rows.shape[0], step):
+        for c0 in range(0, rows.shape[1], block):
+            chunk = rows[r0:r0 + step, c0:c0 + block].astype(np.float64) * scale[r0:r0 + step]
+            if shift:
+                chunk /= 2.0 ** shift
+            np.rint(chunk, out=chunk)
+            np.clip(chunk, -wmax, wmax, out=chunk)
+            out[r0:r0 + step, c0:c0 + block] = chunk
     return out.reshape(values.shape), shift
 
 
@@ -144,8 +238,9 @@ KEPT_WEIGHTS_WARNING = 0.9
 
 def quantization_report(graph: Graph) -> list[dict]:
     """Per weighted layer of a quantized graph: the share of its non-zero weights that stay
-    non-zero, the mantissa bits used, and the largest rounding error relative to its largest
-    weight; ``warning`` where fewer than :data:`KEPT_WEIGHTS_WARNING` of the weights survive."""
+    non-zero, the mantissa bits used (its effective bits), the largest rounding error relative
+    to its largest weight, and whether its units are per channel or per layer; ``warning``
+    where fewer than :data:`KEPT_WEIGHTS_WARNING` of the weights survive."""
     rows = []
     for node in graph:
         if not (kind_of(node).weighted and "weight_int" in node.params
@@ -156,10 +251,13 @@ def quantization_report(graph: Graph) -> list[dict]:
         nonzero = np.count_nonzero(w)
         kept = float(np.count_nonzero(w_int[w != 0]) / nonzero) if nonzero else 1.0
         peak = float(np.abs(w).max(initial=0.0))
-        error = float(np.abs(w_int / node.attrs["weight_scale"] - w).max(initial=0.0))
+        scale = np.asarray(node.params.get("weight_scale", node.attrs["weight_scale"]), np.float64)
+        scale = scale.reshape(-1, *([1] * (w.ndim - 1))) if scale.ndim else scale
+        error = float(np.abs(w_int / scale - w).max(initial=0.0))
         row = {"layer": node.name, "weights": int(w.size), "nonzero_kept": kept,
                "mantissa_bits": mantissa_bits(w_int), "weight_exp": node.attrs.get("weight_exp", 0),
-               "max_error": error / peak if peak else 0.0}
+               "max_error": error / peak if peak else 0.0,
+               "units": "per channel" if scale.ndim else "per layer"}
         if kept < KEPT_WEIGHTS_WARNING:
             row["warning"] = (f"{node.label()}: keeps {100 * kept:.1f}% of its non-zero weights "
                               "in fixed point; its scale is dominated by another input of its "

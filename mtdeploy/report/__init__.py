@@ -41,10 +41,12 @@ def _quantization_markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Fixed-point weights", "",
-             "| layer | weights | non-zero kept | mantissa bits | exponent | max error / max weight |",
-             "|---|---|---|---|---|---|"]
+             "| layer | weights | non-zero kept | mantissa (effective) bits | exponent | "
+             "max error / max weight | units |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['weights']} | {100 * r['nonzero_kept']:.1f}% | "
-              f"{r['mantissa_bits']} | {r['weight_exp']} | {r['max_error']:.3g} |" for r in rows]
+              f"{r['mantissa_bits']} | {r['weight_exp']} | {r['max_error']:.3g} | "
+              f"{r.get('units', 'per layer')} |" for r in rows]
     return lines + [f"- warning: {r['warning']}" for r in rows if "warning" in r]
 
 

@@ -68,6 +68,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("neuron.neuron_state_bits", "neuron_state_bits", int),
     Key("neuron.accumulator_bits", "accumulator_bits", int),
     Key("neuron.graded_spike_bits", "graded_spike_bits", int, 0),
+    Key("neuron.per_neuron_threshold", "per_neuron_threshold", bool, None, required=False),
     Key("energy.synop_pj", "synop_pj", float, 0),
     Key("energy.neuron_update_pj", "neuron_update_pj", float, 0),
     Key("energy.spike_message_pj", "spike_message_pj", float, 0),
@@ -116,6 +117,8 @@ class Profile:
     hop_steps: int
     max_power_w: float | None = None
     x86_cores: int | None = None
+    #: thresholds per neuron (per-channel weight scaling); False: one unit per layer
+    per_neuron_threshold: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)   # dotted key -> leaf
     published: dict[str, dict[str, Any]] = field(default_factory=dict)

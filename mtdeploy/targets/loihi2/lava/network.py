@@ -15,6 +15,7 @@ import torch
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.snn import populations
+from mtdeploy.kinds.neurons import units_of
 from mtdeploy.passes.schedule import scheduled
 from mtdeploy.sim.reference import quantize_input
 from mtdeploy.targets.loihi2.lava.layout import from_lava, lava_shape, to_lava
@@ -95,7 +96,7 @@ class LavaNetwork:
         value = from_lava(result, node.shape)
         mean = value / float(node.T)
         if self.fixed_point:
-            mean = mean * 2.0 ** -node.attrs["exp"]
+            mean = mean * units_of(node)
         return mean
 
     def stop(self) -> None:

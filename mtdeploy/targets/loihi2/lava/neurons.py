@@ -15,7 +15,7 @@ from lava.proc.lif.process import LIFReset
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.kinds import neuron_of
-from mtdeploy.kinds.neurons import ACT_SHIFT
+from mtdeploy.kinds.neurons import ACT_SHIFT, int_thresholds, unit_shaped
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import IFNeuron, Readout, TPPNeuron
 from mtdeploy.targets.loihi2.lava.projection import tree_float_forward
@@ -116,7 +116,7 @@ def _cuba(build: Build, pop: Node) -> LIFReset:
 def _integrate_and_fire(build: Build, pop: Node) -> IFNeuron:
     threshold = _threshold(build, pop)
     if build.fixed_point:
-        v_init = int(pop.attrs["v_init_int"])
+        v_init = _per_neuron(pop, int_thresholds(pop)[1])
     else:
         v_init = float(pop.attrs.get("v_init", 0.5)) * threshold
     return IFNeuron(shape=lava_shape(pop.shape), threshold=threshold, v_init=v_init,
@@ -140,10 +140,19 @@ def _name(pop: Node) -> str:
     return f"{pop.name}:{pop.kind}"
 
 
-def _threshold(build: Build, pop: Node) -> int | float:
+def _threshold(build: Build, pop: Node) -> int | float | np.ndarray:
     if build.fixed_point:
-        return int(pop.attrs["threshold_int"])
+        return _per_neuron(pop, int_thresholds(pop)[0])
     return float(pop.params["threshold"])
+
+
+def _per_neuron(pop: Node, value) -> int | np.ndarray:
+    """A fixed-point threshold or initial potential: one integer, or with per-channel units
+    one per neuron in Lava's layout (the processes compare and subtract element-wise)."""
+    if np.ndim(value) == 0:
+        return int(value)
+    return one_to_lava(np.broadcast_to(unit_shaped(pop, np.asarray(value, np.int64)), pop.shape),
+                       pop.shape).copy()
 
 
 def _bias(build: Build, pop: Node) -> np.ndarray:

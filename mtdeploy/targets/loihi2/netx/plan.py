@@ -22,6 +22,8 @@ from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
+from mtdeploy.kinds.neurons import CHANNEL_UNIT
+from mtdeploy.passes.quantize import per_layer_copy
 from mtdeploy.sim.reference import tree_int_forward
 from mtdeploy.targets.loihi2.forms import ConvForm, composed_conv, conv_matches, probed_matrix
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
@@ -100,8 +102,26 @@ def plan_netx(graph: Graph) -> StockPlan:
     """The stock layers for a converted, quantized graph; DoesNotFitError if it has no stock form.
 
     Structure stock NetX cannot express (it is a chain: each layer reads only the layer before)
-    is collected as findings, each naming its node, and raised together.
+    is collected as findings, each naming its node, and raised together. Stock netx has one
+    ``vThMant`` per layer, so a graph quantized per channel is planned from its per-layer
+    quantization (the ``/mtdeploy`` extension keeps the per-channel network), made only once
+    the structure is known to have a stock form.
     """
+    if any(CHANNEL_UNIT in n.params for n in graph):
+        _chain_plan(graph, layers=False)      # a network without a stock form stops here
+    flat = per_layer_copy(graph)
+    plan, blocks, steps = _chain_plan(flat, layers=True)
+    plan.run = _run_record(flat, plan, blocks, steps)
+    # the stock layers always have one unit per layer: with per-channel units in the
+    # extension they run the per-layer network, never exactly the extension's
+    if flat is not graph:
+        plan.run.update(exact=False, extension_scaling="per-channel")
+    return plan
+
+
+def _chain_plan(graph: Graph, layers: bool) -> tuple[StockPlan, list[dict], int]:
+    """(plan, block records, steps) of the chain; DoesNotFitError with every finding. With
+    ``layers`` False only the structure is checked (no synapse layers are made)."""
     pops = _chain_populations(graph)
     inp = pops[0]
     steps = max(int(p.T) for p in pops[1:])
@@ -112,7 +132,8 @@ def plan_netx(graph: Graph) -> StockPlan:
     prev = inp
     for pop in pops[1:]:
         # once a finding stops the plan, the rest only looks for findings: no synapse layers
-        block = _plan_block(graph, pop, prev, steps, spatial, plan, layers=not findings)
+        block = _plan_block(graph, pop, prev, steps, spatial, plan,
+                            layers=layers and not findings)
         if isinstance(block, Finding):
             findings.append(block)
         else:
@@ -125,8 +146,7 @@ def plan_netx(graph: Graph) -> StockPlan:
     if findings:
         raise DoesNotFitError(findings_message("the network has no stock NetX form", findings),
                               findings)
-    plan.run = _run_record(graph, plan, blocks, steps)
-    return plan
+    return plan, blocks, steps
 
 
 def _chain_populations(graph: Graph) -> list[Node]:

@@ -139,7 +139,7 @@ class _TPPBase(_Clocked):
 
 def _fire_fixed(self, r, remaining):
     # s = [r * (T-k+1) * th < v * 2^24]: the Bernoulli test without a division.
-    th = int(self.proc_params["threshold"])
+    th = np.asarray(self.proc_params["threshold"], I64)     # one, or one per neuron
     return r.astype(I64) * (remaining * th) < self.v * (1 << rng.UNIFORM_BITS)
 
 

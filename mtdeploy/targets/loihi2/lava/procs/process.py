@@ -60,7 +60,8 @@ class IFNeuron(AbstractProcess):
     """Integrate-and-fire, reset by subtraction, active in ``window`` of each sample period.
 
     ``threshold``/``v_init``/``bias`` are integers for the fixed-point model (24-bit saturating
-    state) and real values for the float model. With ``reset`` the membrane is re-initialised to
+    state; ``threshold``/``v_init`` one for all, or one per neuron under per-channel units) and
+    real values for the float model. With ``reset`` the membrane is re-initialised to
     ``v_init`` at the window start of every sample. ``record`` keeps per-sample spike counts.
     """
 
