@@ -28,6 +28,7 @@ from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simula
 from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
+from mtdeploy.targets.loihi2.forms import reuse_forms
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
 from mtdeploy.validate import SEED_MAX, integer
@@ -103,10 +104,11 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
     report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
-    report["lava"] = _lava_description(snn)
-    build = Build(Path(out_dir) if write else None, snn, sched, report, check)
-    if write:
-        _write_build(build, force, protect)
+    with reuse_forms():      # the Lava description and the NetX file share the edge forms
+        report["lava"] = _lava_description(snn)
+        build = Build(Path(out_dir) if write else None, snn, sched, report, check)
+        if write:
+            _write_build(build, force, protect)
     return build
 
 
