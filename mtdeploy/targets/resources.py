@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import sparse
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
@@ -347,6 +348,35 @@ def overlap(tiling: Tiling, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(n_tiles, n_boxes): producer neurons of each tile inside each box (C-order tiles)."""
     ov = [_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]) for d in range(3)]
     return np.einsum("aj,bj,cj->abcj", *ov).reshape(tiling.n_tiles, len(lo))
+
+
+def overlap_sparse(tiling: Tiling, lo: np.ndarray, hi: np.ndarray) -> sparse.csr_matrix:
+    """:func:`overlap` as a sparse matrix built from the non-zero overlaps alone: a box meets
+    few tiles, and the dense (tiles x boxes) array of an ImageNet layer held gigabytes."""
+    n_boxes = len(lo)
+    starts, counts, blocks, lengths = [], [], [], []
+    for d in range(3):
+        box, block = np.nonzero(_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]).T)
+        n = np.bincount(box, minlength=n_boxes)
+        starts.append(np.cumsum(n) - n)
+        counts.append(n)
+        blocks.append(block)
+        lengths.append(np.minimum(tiling.bounds[d][block + 1], hi[box, d])
+                       - np.maximum(tiling.bounds[d][block], lo[box, d]))
+    per_box = counts[0] * counts[1] * counts[2]
+    box = np.repeat(np.arange(n_boxes), per_box)
+    k = np.arange(len(box)) - np.repeat(np.cumsum(per_box) - per_box, per_box)
+    idx = [None, None, None]
+    for d in (2, 1, 0):            # C-order within a box: the last dim varies fastest
+        n = counts[d][box]
+        idx[d] = starts[d][box] + (k % n if d else k)
+        k = k // n
+    a, b, c = (blocks[d][idx[d]] for d in range(3))
+    value = (lengths[0][idx[0]] * lengths[1][idx[1]] * lengths[2][idx[2]]).astype(np.float64)
+    _, nb, nc = tiling.counts
+    m = sparse.csr_matrix((value, ((a * nb + b) * nc + c, box)), shape=(tiling.n_tiles, n_boxes))
+    m.sort_indices()               # the order csr_matrix(overlap(...)) has
+    return m
 
 
 def unique_boxes(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
