@@ -144,16 +144,29 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+class _Reached(Exception):
+    """Ends a calibration forward pass at the layer being calibrated."""
+
+
 def calibrate(model: nn.Module, x: torch.Tensor, percentile: float = 0.999) -> nn.Module:
     """Set each QCFS threshold to ``percentile`` of its positive inputs on ``x`` (in order, so
     each layer is calibrated on the already-calibrated layers before it)."""
     acts = [m for m in model.modules() if isinstance(m, QCFS)]
+
+    def stop(mod, inp):        # the forward is needed only up to this layer's input
+        seen.append(inp[0].detach())
+        raise _Reached
+
     for act in acts:
         seen: list[torch.Tensor] = []
-        hook = act.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
-        with torch.no_grad():
-            model(x)
-        hook.remove()
+        hook = act.register_forward_pre_hook(stop)
+        try:
+            with torch.no_grad():
+                model(x)
+        except _Reached:
+            pass
+        finally:
+            hook.remove()
         values = seen[0].flatten()
         values = values[values > 0]
         if values.numel():

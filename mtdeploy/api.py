@@ -6,12 +6,15 @@ translates those names into its flags.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mtdeploy import frontends
 from mtdeploy.frontends.netx import read_netx
@@ -29,11 +32,35 @@ from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
 from mtdeploy.sim.reference import simulate
 from mtdeploy.targets.checker import check as check_budget
 from mtdeploy.targets.fanin import mark_fan_in_splits
+from mtdeploy.targets.loihi2.forms import reuse_forms
 from mtdeploy.targets.loihi2.netx.writer import MTSNN_FILE, NETX_FILE, write_build_network
 from mtdeploy.targets.profiles import load_profile
 from mtdeploy.validate import SEED_MAX, integer
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run torch on one intra-op thread. Compiling uses torch only for small checks (rebuilt
+    modules on a crop, biases, kernel compositions): a second thread gains little, while on a
+    busy machine OpenMP's spinning workers made the import of an ImageNet ResNet-34 six times
+    slower (37 s against 6 s of wall time, measured under a load of 20 on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _single_threaded(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _one_torch_thread():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_single_threaded
 def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
     """A Graph, an ``nn.Module``/ScriptModule, or a path (.pt, .mtir, .net, .mtsnn.h5) -> IR."""
     if isinstance(model, Graph):
@@ -55,6 +82,7 @@ class Build:
     files: list[str] = field(default_factory=list)
 
 
+@_single_threaded
 def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="build",
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
@@ -88,10 +116,11 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
         raise DoesNotFitError(_findings_text(check, target), check.findings)
     report = build_report(snn, sched, check, target, options, time.perf_counter() - t0)
     report["input"].update(input_range_report(snn.meta, source, calib))
-    report["lava"] = _lava_description(snn)
-    build = Build(Path(out_dir) if write else None, snn, sched, report, check)
-    if write:
-        _write_build(build, force, protect)
+    with reuse_forms():      # the Lava description and the NetX file share the edge forms
+        report["lava"] = _lava_description(snn)
+        build = Build(Path(out_dir) if write else None, snn, sched, report, check)
+        if write:
+            _write_build(build, force, protect)
     return build
 
 
@@ -115,6 +144,7 @@ def _input_max(model, graph: Graph, given, calib) -> tuple[float | None, str]:
     return choose_input_max(given, calib, stored)
 
 
+@_single_threaded
 def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int = 8,
                input_bits: int = 8, per_layer_scaling: bool = False) -> tuple[Graph, dict]:
     """The network a build holds: converted, bounded by the profile, quantized and scheduled

@@ -159,3 +159,19 @@ def test_strategy_registry():
             register_strategy("all_last")(all_last)
     finally:
         del STRATEGIES["all_last"]
+
+
+def test_sparse_overlap_equals_the_dense_one():
+    """The traffic count builds tile x box overlaps sparsely (an ImageNet layer's dense array
+    held gigabytes); it must equal the dense definition, empty boxes and edge blocks included."""
+    from mtdeploy.targets.resources import Tiling, overlap, overlap_sparse
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(x) for x in rng.integers(1, 30, 3))
+        tiling = Tiling.even(shape, tuple(int(rng.integers(1, n + 1)) for n in shape))
+        n = int(rng.integers(0, 20))
+        lo = np.stack([rng.integers(0, d, n) for d in shape], 1).astype(np.int64)
+        hi = np.minimum(lo + np.stack([rng.integers(0, d + 1, n) for d in shape], 1), shape)
+        got = overlap_sparse(tiling, lo, hi)
+        assert got.has_sorted_indices
+        assert np.array_equal(got.toarray(), overlap(tiling, lo, hi))

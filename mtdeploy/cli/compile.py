@@ -29,6 +29,9 @@ def _print_build(build: Build, target: str) -> None:
     print(f"  mean T {lat['mean_T']:.2f}, sum T {lat['sum_T']}, sequential latency "
           f"{lat['sequential_steps']} steps, pipelined interval "
           f"{lat['pipeline_interval_steps']} steps")
+    if build.check is not None:       # the figure `mtdeploy check` prints for the same network
+        totals = build.check.totals
+        print(f"  {totals['cores']} cores on {totals['chips']} chip(s) of {target}")
     inp = build.report["input"]
     print(f"  input range |x| <= {inp['input_max']:.4g} ({inp['input_max_source']})")
     print(f"  files: {', '.join(build.files)}")

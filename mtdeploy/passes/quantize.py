@@ -246,18 +246,15 @@ def quantization_report(graph: Graph) -> list[dict]:
         if not (kind_of(node).weighted and "weight_int" in node.params
                 and node.attrs.get("weight_scale")):
             continue
-        w = np.asarray(node.params["weight"], np.float64)
-        w_int = np.asarray(node.params["weight_int"], np.int64)
-        nonzero = np.count_nonzero(w)
-        kept = float(np.count_nonzero(w_int[w != 0]) / nonzero) if nonzero else 1.0
-        peak = float(np.abs(w).max(initial=0.0))
-        scale = np.asarray(node.params.get("weight_scale", node.attrs["weight_scale"]), np.float64)
-        scale = scale.reshape(-1, *([1] * (w.ndim - 1))) if scale.ndim else scale
-        error = float(np.abs(w_int / scale - w).max(initial=0.0))
-        row = {"layer": node.name, "weights": int(w.size), "nonzero_kept": kept,
-               "mantissa_bits": mantissa_bits(w_int), "weight_exp": node.attrs.get("weight_exp", 0),
+        scale = node.params.get("weight_scale", node.attrs["weight_scale"])
+        nonzero, kept_count, peak, error = _weight_fidelity(
+            node.params["weight"], node.params["weight_int"], scale)
+        kept = kept_count / nonzero if nonzero else 1.0
+        row = {"layer": node.name, "weights": int(np.size(node.params["weight"])),
+               "nonzero_kept": kept, "mantissa_bits": mantissa_bits(node.params["weight_int"]),
+               "weight_exp": node.attrs.get("weight_exp", 0),
                "max_error": error / peak if peak else 0.0,
-               "units": "per channel" if scale.ndim else "per layer"}
+               "units": "per channel" if np.ndim(scale) else "per layer"}
         if kept < KEPT_WEIGHTS_WARNING:
             row["warning"] = (f"{node.label()}: keeps {100 * kept:.1f}% of its non-zero weights "
                               "in fixed point; its scale is dominated by another input of its "
@@ -266,18 +263,47 @@ def quantization_report(graph: Graph) -> list[dict]:
     return rows
 
 
-def mantissa_bits(weight_int) -> int:
+def _weight_fidelity(weight, weight_int, scale, block: int = 2 ** 22
+                     ) -> tuple[int, int, float, float]:
+    """(non-zero weights, of those still non-zero as integers, largest |weight|, largest
+    |weight_int / scale - weight|), about ``block`` weights at a time: a VGG-16 classifier's
+    100M weights need no float64 copies. ``scale``: one number, or one per output channel."""
+    w = np.asarray(weight)
+    w = w.reshape(len(w), -1) if w.ndim > 1 else w.reshape(1, -1)
+    w_int = np.asarray(weight_int).reshape(w.shape)
+    scale = np.asarray(scale, np.float64)
+    per_row = scale.reshape(-1, 1) if scale.ndim else np.full((len(w), 1), float(scale))
+    rows = max(1, block // max(w.shape[1], 1))
+    nonzero = kept = 0
+    peak = error = 0.0
+    for r0 in range(0, len(w), rows):
+        f = w[r0:r0 + rows].astype(np.float64)
+        i = w_int[r0:r0 + rows].astype(np.int64)
+        nz = f != 0
+        nonzero += int(np.count_nonzero(nz))
+        kept += int(np.count_nonzero(i[nz]))
+        peak = max(peak, float(np.abs(f).max(initial=0.0)))
+        error = max(error, float(np.abs(i / per_row[r0:r0 + rows] - f).max(initial=0.0)))
+    return nonzero, kept, peak, error
+
+
+def mantissa_bits(weight_int, block: int = 2 ** 22) -> int:
     """Signed bits of an integer weight tensor's mantissa under its shared power-of-two
     exponent (Loihi's weights are an 8-bit mantissa with an exponent per synapse group): the
-    trailing zero bits every non-zero weight shares are the exponent, not the mantissa."""
-    w = np.asarray(weight_int)
-    # zeros change neither the OR nor the max, so no copy filters them out
-    w = np.abs(w if w.dtype.kind == "i" else w.astype(np.int64)).ravel()
-    shared = int(np.bitwise_or.reduce(w)) if w.size else 0
+    trailing zero bits every non-zero weight shares are the exponent, not the mantissa.
+    Read ``block`` weights at a time (no copy of a 100M-weight layer)."""
+    flat = np.asarray(weight_int).reshape(-1)
+    shared = top = 0
+    for b0 in range(0, len(flat), block):
+        w = flat[b0:b0 + block]
+        # zeros change neither the OR nor the max, so no copy filters them out
+        w = np.abs(w if w.dtype.kind == "i" else w.astype(np.int64))
+        shared |= int(np.bitwise_or.reduce(w))
+        top = max(top, int(w.max()))
     if not shared:
         return 1
     exponent = (shared & -shared).bit_length() - 1     # the lowest set bit of any weight
-    return (int(w.max()) >> exponent).bit_length() + 1
+    return (top >> exponent).bit_length() + 1
 
 
 def _tree_bias(graph: Graph, pop: Node) -> np.ndarray:

@@ -25,8 +25,8 @@ from scipy import sparse
 
 from mtdeploy.errors import InputError
 from mtdeploy.targets.resources import (RESOURCES, Network, TileCost, Tiling, fan_out, limits,
-                                        overlap, receptive_boxes, single_neuron_cost, tile_cost,
-                                        unique_boxes)
+                                        overlap_sparse, receptive_boxes, single_neuron_cost,
+                                        tile_cost, unique_boxes)
 
 STRATEGIES: dict[str, Callable] = {}
 
@@ -263,7 +263,7 @@ def traffic(net: Network, plans: dict[str, LayerPlan], tile_core: np.ndarray, n_
             ulo, uhi, _, inv = unique_boxes(lo, hi)
             p_plan = plans[edge.producer]
             p_cores = tile_core[p_plan.first_tile:p_plan.first_tile + p_plan.tiling.n_tiles]
-            m = sparse.csr_matrix(overlap(p_plan.tiling, ulo, uhi) * spikes[edge.producer])
+            m = overlap_sparse(p_plan.tiling, ulo, uhi) * spikes[edge.producer]
             src = sparse.csr_matrix((np.ones(len(p_cores)), (p_cores, np.arange(len(p_cores)))),
                                     shape=(n_cores, len(p_cores)))
             dst = sparse.csr_matrix((np.ones(len(inv)), (inv, q_cores)), shape=(len(ulo), n_cores))

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import sparse
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
@@ -56,17 +57,25 @@ class Synapses:
     gain: float | None     # bound on sum |w| per consumer neuron (None: not quantized)
     weighted: list[str] = field(default_factory=list)   # labels of weighted ops on the paths
     delay: int = 0
+    #: per_dim_factors by consumer shape: the partitioner asks thousands of times per layer
+    _factors: dict = field(default_factory=dict, repr=False, compare=False)
 
     def lengths(self) -> list[np.ndarray]:
         return [np.maximum(h - l, 0) for l, h in zip(self.lo, self.hi)]
 
     def per_dim_factors(self, shape: tuple[int, int, int]) -> list[np.ndarray]:
         """f[k][i] = product of the box lengths keyed by consumer dim k at index i, so that a
-        neuron's fan-in is f[0][c] * f[1][h] * f[2][w] and sums factorise over a tile."""
-        f = [np.ones(n, np.float64) for n in shape]
-        for d, length in enumerate(self.lengths()):
-            f[self.keys[d]] = f[self.keys[d]] * length
-        return f
+        neuron's fan-in is f[0][c] * f[1][h] * f[2][w] and sums factorise over a tile.
+        Cached (read-only arrays); :func:`_record` clears the cache when it widens the boxes."""
+        key = tuple(int(n) for n in shape)
+        if key not in self._factors:
+            f = [np.ones(n, np.float64) for n in key]
+            for d, length in enumerate(self.lengths()):
+                f[self.keys[d]] = f[self.keys[d]] * length
+            for x in f:
+                x.flags.writeable = False
+            self._factors[key] = f
+        return self._factors[key]
 
     def synapses(self, shape) -> int:
         return int(round(math.prod(float(x.sum()) for x in self.per_dim_factors(shape))))
@@ -270,6 +279,7 @@ def _record(pops, pop: Population, producer: str, box: Box, st: _PathState, conv
             e.density = max(e.density, st.density)
             e.weight_bits = max(filter(None, (e.weight_bits, st.weight_bits)), default=None)
             e.delay = max(e.delay, st.delay)
+            e._factors.clear()
             return
     pop.edges.append(Synapses(producer, keys, lo, hi, aligned, st.t_in, st.shared, st.density,
                           st.weight_bits, st.gain, list(st.weighted), st.delay))
@@ -281,14 +291,14 @@ class Tiling:
     """Even blocks along each population dim: ``bounds[d]`` holds n_d + 1 increasing indices."""
 
     bounds: tuple[np.ndarray, np.ndarray, np.ndarray]
+    counts: tuple[int, int, int] = field(init=False, compare=False)   # blocks per dim
+
+    def __post_init__(self):
+        object.__setattr__(self, "counts", tuple(len(b) - 1 for b in self.bounds))
 
     @classmethod
     def even(cls, shape, counts) -> "Tiling":
         return cls(tuple((np.arange(k + 1, dtype=np.int64) * n) // k for n, k in zip(shape, counts)))
-
-    @property
-    def counts(self) -> tuple[int, int, int]:
-        return tuple(len(b) - 1 for b in self.bounds)
 
     @property
     def n_tiles(self) -> int:
@@ -339,6 +349,35 @@ def overlap(tiling: Tiling, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(n_tiles, n_boxes): producer neurons of each tile inside each box (C-order tiles)."""
     ov = [_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]) for d in range(3)]
     return np.einsum("aj,bj,cj->abcj", *ov).reshape(tiling.n_tiles, len(lo))
+
+
+def overlap_sparse(tiling: Tiling, lo: np.ndarray, hi: np.ndarray) -> sparse.csr_matrix:
+    """:func:`overlap` as a sparse matrix built from the non-zero overlaps alone: a box meets
+    few tiles, and the dense (tiles x boxes) array of an ImageNet layer held gigabytes."""
+    n_boxes = len(lo)
+    starts, counts, blocks, lengths = [], [], [], []
+    for d in range(3):
+        box, block = np.nonzero(_dim_overlap(tiling.bounds[d], lo[:, d], hi[:, d]).T)
+        n = np.bincount(box, minlength=n_boxes)
+        starts.append(np.cumsum(n) - n)
+        counts.append(n)
+        blocks.append(block)
+        lengths.append(np.minimum(tiling.bounds[d][block + 1], hi[box, d])
+                       - np.maximum(tiling.bounds[d][block], lo[box, d]))
+    per_box = counts[0] * counts[1] * counts[2]
+    box = np.repeat(np.arange(n_boxes), per_box)
+    k = np.arange(len(box)) - np.repeat(np.cumsum(per_box) - per_box, per_box)
+    idx = [None, None, None]
+    for d in (2, 1, 0):            # C-order within a box: the last dim varies fastest
+        n = counts[d][box]
+        idx[d] = starts[d][box] + (k % n if d else k)
+        k = k // n
+    a, b, c = (blocks[d][idx[d]] for d in range(3))
+    value = (lengths[0][idx[0]] * lengths[1][idx[1]] * lengths[2][idx[2]]).astype(np.float64)
+    _, nb, nc = tiling.counts
+    m = sparse.csr_matrix((value, ((a * nb + b) * nc + c, box)), shape=(tiling.n_tiles, n_boxes))
+    m.sort_indices()               # the order csr_matrix(overlap(...)) has
+    return m
 
 
 def unique_boxes(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -392,41 +431,45 @@ def weight_bits(edge: Synapses, net: Network, profile) -> int:
 
 def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
               spikes: dict[str, float]) -> TileCost:
-    """Costs of every tile of ``pop`` under ``tiling`` (vectorised over tiles)."""
+    """Costs of every tile of ``pop`` under ``tiling`` (vectorised over tiles; the partitioner
+    calls it thousands of times per network, so each grid is built by broadcasting once)."""
+    counts = tiling.counts
     sizes = [np.diff(b).astype(np.float64) for b in tiling.bounds]
     neurons = _along(sizes[0], 0) * _along(sizes[1], 1) * _along(sizes[2], 2)
     per_neuron = profile.neuron_state_bits + pop.accumulators * profile.accumulator_bits
     state = neurons * per_neuron
-    syn_bits = np.zeros(tiling.counts)
-    fan_in = np.zeros(tiling.counts)
-    synapses = np.zeros(tiling.counts)
-    synops = np.zeros(tiling.counts)
+    syn_bits = fan_in = synapses = synops = np.zeros(counts)
     encodings, per_edge, per_edge_syn = [], [], []
     for edge in pop.edges:
         rlo, rhi = receptive(edge, tiling)
-        reads = np.ones(tiling.counts)
-        for d in range(3):
-            reads = reads * _along(np.maximum(rhi[d] - rlo[d], 0).astype(np.float64), edge.keys[d])
-        syn = np.ones(tiling.counts)
-        for k, f in enumerate(edge.per_dim_factors(pop.shape)):
-            syn = syn * _along(np.add.reduceat(f, tiling.bounds[k][:-1]), k)
+        reads = _grid([np.maximum(rhi[d] - rlo[d], 0).astype(np.float64) for d in range(3)],
+                      edge.keys, counts)
+        syn = _grid([np.add.reduceat(f, tiling.bounds[k][:-1])
+                     for k, f in enumerate(edge.per_dim_factors(pop.shape))], (0, 1, 2), counts)
         wb = weight_bits(edge, net, profile)
-        options = {"dense": neurons * reads * wb,
-                   "sparse": syn * edge.density * (wb + profile.sparse_index_bits)}
+        options = [neurons * reads * wb, syn * edge.density * (wb + profile.sparse_index_bits)]
+        names = ["dense", "sparse"]
         if edge.shared and profile.shared_weights:
-            options["shared"] = _along(sizes[0], 0) * edge.max_fan_in(pop.shape) * wb * np.ones(tiling.counts)
-        names = list(options)
-        stacked = np.stack([options[n] for n in names])
+            options.append(np.broadcast_to(_along(sizes[0] * (edge.max_fan_in(pop.shape) * wb), 0),
+                                           counts))
+            names.append("shared")
+        stacked = np.stack(options)
         best = stacked.argmin(0)
-        syn_bits += np.take_along_axis(stacked, best[None], 0)[0]
+        syn_bits = syn_bits + stacked.min(0)
         encodings.append(names[int(np.bincount(best.ravel(), minlength=len(names)).argmax())])
-        fan_in += reads
+        fan_in = fan_in + reads
         per_edge.append(reads)
         per_edge_syn.append(syn)
-        synapses += syn
-        synops += syn * spikes[edge.producer]
+        synapses = synapses + syn
+        synops = synops + syn * spikes[edge.producer]
     return TileCost(neurons, state, syn_bits, fan_in, synapses, synops, encodings, per_edge,
                     per_edge_syn)
+
+
+def _grid(factors: list[np.ndarray], keys, counts) -> np.ndarray:
+    """The (counts) grid of the product of ``factors[d]`` laid along axis ``keys[d]``."""
+    out = _along(factors[0], keys[0]) * _along(factors[1], keys[1]) * _along(factors[2], keys[2])
+    return out if out.shape == tuple(counts) else np.broadcast_to(out, counts).copy()
 
 
 def single_neuron_cost(pop: Population, net: Network, profile) -> dict[str, float]:

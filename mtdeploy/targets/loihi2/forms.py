@@ -18,6 +18,8 @@ behave as the map's (zero padding inside the tree is where a composition can dif
 """
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,22 @@ from mtdeploy.targets.loihi2.netx.kinds import synapse_fields
 
 #: float64 elements a probe batch may hold in its largest tensor
 PROBE_ELEMENTS = 2 ** 24
+
+#: composed edge forms by (graph, population, edge) while :func:`reuse_forms` is active
+_REUSE: ContextVar[dict | None] = ContextVar("mtdeploy_reuse_forms", default=None)
+
+
+@contextlib.contextmanager
+def reuse_forms():
+    """Inside this block each edge's composed convolution is computed once per graph: compile
+    describes the Lava processes and writes the NetX file from one graph that no longer
+    changes, and both ask for the same forms (half of a CIFAR VGG-16's writing time). The
+    caller promises not to change the graph inside the block."""
+    token = _REUSE.set({})
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
 
 
 @dataclass
@@ -140,6 +158,16 @@ def path_geometry(graph: Graph, key: str, path: list[Node]) -> list[tuple[int, i
 def composed_conv(graph: Graph, pop: Node, key: str) -> ConvForm | None:
     """The edge ``key`` -> ``pop`` as one integer convolution, or None when its tree is not
     one (or the composition differs from the tree somewhere, borders included)."""
+    memo = _REUSE.get()
+    if memo is None:
+        return _composed_conv(graph, pop, key)
+    ident = (id(graph), pop.name, key)
+    if ident not in memo:
+        memo[ident] = (graph, _composed_conv(graph, pop, key))   # the graph kept: ids stay unique
+    return memo[ident][1]
+
+
+def _composed_conv(graph: Graph, pop: Node, key: str) -> ConvForm | None:
     path = edge_path(graph, pop, key)
     in_shape, out_shape = tuple(graph[key].shape), tuple(pop.shape)
     if not path or len(out_shape) != 3 or path_geometry(graph, key, path) is None:
