@@ -181,8 +181,8 @@ def _is_accumulator(neuron: dict, bias: np.ndarray) -> bool:
     """A layer that cannot spike within Lava's state range and whose v/64 is mtdeploy's readout
     accumulator: non-leaky v of a non-persistent current, or netx's default neuron (persistent
     current, v = u + bias) when it has no bias."""
-    if int(neuron["vThMant"]) < NON_SPIKING_VTH:
-        return False
+    if "iDecay" not in neuron or int(neuron["vThMant"]) < NON_SPIKING_VTH:
+        return False     # not a LIF group (sigma-delta), or one that can fire
     plain = int(neuron["iDecay"]) == DECAY_UNITY and int(neuron["vDecay"]) == 0
     netx_default = int(neuron["iDecay"]) == 0 and int(neuron["vDecay"]) == DECAY_UNITY \
         and not np.any(bias)
@@ -232,13 +232,15 @@ def _refuse_unsupported(path, layers: list[dict]) -> None:
         where = f"{path}: layer {i} ({layer['type']})"
         if layer["type"] == "dense_rec":
             raise InputError(f"{where}: recurrent layers are not supported by mtdeploy")
-        if layer["type"] == "input" and "neuron" in layer:
-            raise InputError(f"{where}: an input block with a neuron (netx drives it through its "
-                             "bias) is not supported; mtdeploy reads input layers without neuron")
         if isinstance(layer.get("weight"), dict):
             raise InputError(f"{where}: complex weights are not supported by mtdeploy")
-        if "delay" in layer:
-            raise InputError(f"{where}: synaptic delays are not supported by mtdeploy")
+        if layer["type"] == "dense" and np.any(np.asarray(layer.get("delay", 0))):
+            raise InputError(f"{where}: non-zero synaptic delays are not supported by mtdeploy "
+                             "yet (all-zero delays, as slayer exports with delay=True, are)")
+        neuron = layer.get("neuron", {})
+        if "sigma_output" in neuron and "bias" in layer:
+            raise InputError(f"{where}: a sigma_output layer with a bias makes netx fail (its "
+                             "Sigma process takes no bias)")
 
 
 def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], steps: int) -> Node:
@@ -250,8 +252,29 @@ def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], step
         in_shape = (int(w.reshape(w.shape[0], -1).shape[1]),)
     inp = _add_from_table(g, "input", form_for_layer("input", path), {"shape": in_shape}, [], 1,
                      "/layer/0" if layers[0]["type"] == "input" else "network input")
-    return _add_from_table(g, "align.input", form_for_part(PRESENTATION), {"steps": steps},
-                      [inp.name], steps, "the input, presented on every step")
+    shown = _add_from_table(g, "align.input", form_for_part(PRESENTATION), {"steps": steps},
+                            [inp.name], steps, "the input, presented on every step")
+    if layers[0]["type"] != "input" or "neuron" not in layers[0]:
+        return shown
+    # An input block with a neuron: netx leaves Network.inp unconnected and builds the neuron
+    # without the layer's bias (its weight/bias are the transform netx hands the data loader,
+    # net.in_layer.transform); the input is what that neuron's a_in receives every step.
+    neuron = _neuron_fields(layers[0]["neuron"])
+    transform = {k: scalar_int(layers[0][k]) for k in ("weight", "bias") if k in layers[0]}
+    g.meta["netx_input_transform"] = transform
+    return _add_from_table(g, "input.neuron", form_for_neuron(neuron, f"{path}: layer 0"),
+                           {"neuron": neuron, "bias": np.zeros(in_shape, np.int64),
+                            "shape": in_shape, "input": True}, [shown.name], steps,
+                           "/layer/0/neuron")
+
+
+def _neuron_fields(group: dict) -> dict:
+    """A neuron group's values: integers where they are integers, text and others as read."""
+    out = {}
+    for k, v in group.items():
+        as_int = None if isinstance(v, str) else scalar_int(v)
+        out[k] = v if as_int is None else as_int
+    return out
 
 
 def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, last: bool) -> Node:
@@ -261,17 +284,17 @@ def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, la
                           [prev.name], steps, "netx flattens (x,y,z) as C,H,W")
     lin = _add_from_table(g, f"layer{i}", form_for_layer(layer["type"], path),
                      _fields(layer, path, i), [prev.name], steps, f"/layer/{i}")
-    neuron = {k: (v if k == "type" else scalar_int(v))
-              for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
+    neuron = _neuron_fields(layer.get("neuron", NETX_DEFAULT_NEURON))
     bias = _bias_chw(layer, lin.shape)
     if last and _is_accumulator(neuron, bias):
         return _add_from_table(g, f"layer{i}.readout", form_for_part(READOUT), {"bias": bias},
                           [lin.name], steps, f"/layer/{i}/neuron")
-    if last and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
+    if last and "iDecay" in neuron and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
         raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
                          "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
     return _add_from_table(g, f"layer{i}.neuron", form_for_neuron(neuron, f"{path}: layer {i}"),
-                      {"neuron": neuron, "bias": bias, "shape": lin.shape}, [lin.name], steps,
+                      {"neuron": neuron, "bias": bias, "shape": lin.shape, "input": False},
+                      [lin.name], steps,
                       f"/layer/{i}/neuron")
 
 

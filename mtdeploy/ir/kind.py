@@ -73,6 +73,9 @@ class NodeKind:
     #: one kernel per output channel serves every position, so a core stores it once
     #: (conv, pooling, element-wise ops); False for dense matrices
     shift_invariant: ClassVar[bool] = True
+    #: a population whose output per step is an integer payload (graded spike), not 0/1:
+    #: synapses reading it need message bits (sigma-delta neurons)
+    graded: ClassVar[bool] = False
 
     # ---- import ---------------------------------------------------------------------------
     def from_torch(self, module: "nn.Module") -> tuple[dict[str, Any], dict[str, np.ndarray]]:

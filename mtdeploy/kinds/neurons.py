@@ -364,3 +364,64 @@ class CubaKind(NodeKind):
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
     """Lava's sign-magnitude decay: sign(x) * ((|x| * keep) >> 12)."""
     return torch.sign(x) * torch.floor(x.abs() * keep / DECAY_UNITY)
+
+
+# ---- sigma-delta (lava-dl SDNN) ---------------------------------------------------------
+SDNN_SPIKE_EXP = 6   # netx's spike_exp: a graded spike carries its value << 6
+SDNN_STATE_EXP = 6   # netx's state_exp: thresholds and biases are held << 6 more
+SDNN_MODES = ("delta", "sigma-delta", "sigma")
+
+
+@register
+class SigmaDeltaKind(NodeKind):
+    """A sigma-delta population as lava-dl netx builds it for an ``SDNN`` neuron group.
+
+    ``attrs["mode"]``: ``delta`` (an input layer's neuron: Lava's Delta), ``sigma-delta`` (a
+    hidden layer: SigmaDelta with ReLU, netx's only activation) or ``sigma`` (a layer with
+    ``sigma_output``: Sigma, which sends its running sum). Spikes are graded: an integer
+    payload per step, zero when silent.
+    """
+
+    name = "sdnn"
+    role = "activation"
+    graded = True
+    description = ("a lava-dl sigma-delta (SDNN) population read from NetX files: graded spikes; "
+                   "bit-exact with Lava's fixed_pt Delta / SigmaDelta (ReLU) / Sigma")
+
+    def simulate(self, node, current, fixed_point, ctx):
+        """Lava's fixed_pt models from rest, step by step, in their units.
+
+        delta: x = a << 12; d = x - x_prev + r. sigma-delta: sigma += a; x = relu(sigma +
+        (bias << 12)); d = x - x_prev + r. Both send s = d where |d| >= vThMant << 12 (else 0)
+        as s >> 6 and keep r = d - s. sigma: sends sigma += a. ``current`` (T, N, ...) is the
+        synaptic input a; returns the payloads (T, N, ...).
+        """
+        a = current.to(torch.float64)
+        mode = node.attrs["mode"]
+        out = torch.empty_like(a)
+        sigma = torch.zeros(a.shape[1:], dtype=a.dtype, device=a.device)
+        if mode == "sigma":
+            for t in range(a.shape[0]):
+                sigma = sigma + a[t]
+                out[t] = sigma
+            return out
+        scale = float(2 ** (SDNN_SPIKE_EXP + SDNN_STATE_EXP))
+        vth = float(int(node.attrs["vThMant"])) * scale
+        bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=a.dtype,
+                               device=a.device) * scale
+        act, residue = torch.zeros_like(sigma), torch.zeros_like(sigma)
+        for t in range(a.shape[0]):
+            if mode == "delta":
+                x = a[t] * scale
+            else:
+                sigma = sigma + a[t]
+                x = torch.clamp(sigma + bias, min=0.0)
+            delta = x - act + residue
+            s = torch.where(delta.abs() >= vth, delta, torch.zeros_like(delta))
+            residue, act = delta - s, x
+            out[t] = torch.floor(s / float(2 ** SDNN_STATE_EXP))
+        return out
+
+    def closed_form(self, node, current_int):
+        raise InputError(f"{node.label()}: a sigma-delta population has no closed form; "
+                         "simulate it")

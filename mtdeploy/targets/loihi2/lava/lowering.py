@@ -184,7 +184,9 @@ def _returned(builder) -> str | None:
 def _neuron_process_name(pop: Node) -> str:
     """The class :func:`neuron_process` builds for ``pop``; a population kind whose builder
     names none picks its process by neuron model."""
-    name = _returned(POPULATION_KINDS.of(pop.kind, pop))
+    builder = POPULATION_KINDS.of(pop.kind, pop)
+    namer = getattr(builder, "process_name", None)     # a builder whose process varies
+    name = namer(pop) if namer is not None else _returned(builder)
     return name or _returned(NEURON_MODELS.of(neuron_of(pop).name, pop))
 
 

@@ -31,6 +31,7 @@ from lava.utils.weightutils import SignMode
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
+from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_source
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.passes.quantize import mantissa_bits
@@ -72,7 +73,10 @@ class Wire:
     dst: Any                # InPort of the edge's timing process, or of the neuron
 
     def message_bits(self, build: Build) -> int:
-        """0 for binary spikes; the quantized input width for the graded input."""
+        """0 for binary spikes; the quantized input width for the graded input; the full
+        graded width for a population with graded spikes (sigma-delta)."""
+        if kind_of(self.producer).graded:
+            return GRADED_BITS
         if not is_source(self.producer):
             return 0
         return int(build.graph.meta.get("input_bits", GRADED_BITS)) if build.fixed_point \
@@ -191,7 +195,12 @@ def _conv_weights(build: Build, key: str, conv: Node) -> np.ndarray:
 def _conv_worst_output(build: Build, wire: Wire, w: np.ndarray) -> float:
     """The largest |output| a fixed-point conv can produce: a kernel's |weights| summed times
     the largest input (a spike, or the graded input's largest integer)."""
-    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) else 1
+    if kind_of(wire.producer).graded:
+        in_max = 2 ** (GRADED_BITS - 1) - 1
+    elif is_source(wire.producer):
+        in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1
+    else:
+        in_max = 1
     return np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max
 
 

@@ -14,11 +14,13 @@ from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.sdn.models import AbstractDeltaModel, AbstractSigmaDeltaModel, AbstractSigmaModel
 
 from mtdeploy.kinds import rng
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
-                                                         IFNeuron, Readout, SampleSource,
-                                                         TPPNeuron)
+                                                         DeltaReset, IFNeuron, Readout,
+                                                         SampleSource, SigmaDeltaReset,
+                                                         SigmaReset, TPPNeuron)
 
 STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1   # 24-bit membrane (semantics §3)
 I64 = np.int64
@@ -226,3 +228,62 @@ class _ReadoutBase(_Clocked):
 
 _models(Readout, _ReadoutBase, {"a_in": ("in", 32), "acc": ("var", 32), "bias": ("var", 24),
                                "result": ("var", 32)})
+
+
+# ---- lava-dl's sigma-delta neurons with a window reset ---------------------------------------
+# Lava's own fixed_pt dynamics (inherited from its abstract models; the state types are those
+# of lava.proc.sdn.models' fixed models); only the reset where a window opens is added.
+def _reset_due(model) -> bool:
+    p = model.proc_params
+    return model.time_step % p["reset_interval"] == p["reset_offset"]
+
+
+def _sdn_state(*names: str, bias: bool = False) -> dict:
+    state = {n: LavaPyType(np.ndarray, np.int32, precision=24) for n in names}
+    state.update({"spike_exp": LavaPyType(np.ndarray, np.int32, precision=3),
+                  "state_exp": LavaPyType(np.ndarray, np.int32, precision=3),
+                  "cum_error": LavaPyType(np.ndarray, bool, precision=1)})
+    if bias:
+        state["bias"] = LavaPyType(np.ndarray, np.int32, precision=16)
+    return state
+
+
+_SDN_PORTS = {"a_in": LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24),
+              "s_out": LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)}
+
+
+class _DeltaResetBase(AbstractDeltaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.act[:], self.residue[:], self.error[:] = 0, 0, 0
+        a_in = np.left_shift(self.a_in.recv(), self.spike_exp + self.state_exp)
+        s_out = np.right_shift(self.delta_dynamics(a_in), self.state_exp)
+        self.act = a_in
+        self.s_out.send(s_out)
+
+
+class _SigmaDeltaResetBase(AbstractSigmaDeltaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.sigma[:], self.act[:], self.residue[:], self.error[:] = 0, 0, 0, 0
+        a_in = self.a_in.recv()
+        self.s_out.send(np.right_shift(self.dynamics(a_in), self.state_exp))
+
+
+class _SigmaResetBase(AbstractSigmaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.sigma[:] = 0
+        super().run_spk()
+
+
+for _proc, _base, _state in (
+        (DeltaReset, _DeltaResetBase,
+         _sdn_state("vth", "sigma", "act", "residue", "error")),
+        (SigmaDeltaReset, _SigmaDeltaResetBase,
+         _sdn_state("vth", "sigma", "act", "residue", "error", bias=True)),
+        (SigmaReset, _SigmaResetBase, {"sigma": LavaPyType(np.ndarray, np.int32, precision=24)})):
+    _cls = type(f"Py{_proc.__name__}Fixed", (_base,),
+                {"__module__": __name__, **_SDN_PORTS, **_state})
+    globals()[_cls.__name__] = implements(proc=_proc, protocol=LoihiProtocol)(
+        requires(CPU)(tag("fixed_pt")(_cls)))

@@ -26,6 +26,7 @@ import numpy as np
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
+from lava.proc.sdn.process import Delta, Sigma, SigmaDelta
 
 
 def _window(window, period: int | None = None) -> tuple[int, int]:
@@ -193,3 +194,37 @@ class Readout(AbstractProcess):
         self.acc = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=np.broadcast_to(np.asarray(bias), shape).copy())
         self.result = Var(shape=(max(1, int(n_samples)), *shape), init=0)
+
+
+# ---- lava-dl's sigma-delta neurons, cleared at every window start ---------------------------
+def _reset_at(proc: AbstractProcess, reset_interval: int, reset_offset: int) -> None:
+    """Lava's sigma-delta processes have no reset (netx runs them as one stream); a sample run
+    from rest needs their state cleared where each window opens, as LIFReset does for LIF:
+    at the Lava time step t with t % reset_interval == reset_offset."""
+    proc.proc_params["reset_interval"] = int(reset_interval)
+    proc.proc_params["reset_offset"] = int(reset_offset) % int(reset_interval)
+
+
+class DeltaReset(Delta):
+    """Lava's Delta encoder (a lava-dl SDNN input layer), cleared at each window start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset)
+
+
+class SigmaDeltaReset(SigmaDelta):
+    """Lava's SigmaDelta neuron (a lava-dl SDNN layer), cleared at each window start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset)
+
+
+class SigmaReset(Sigma):
+    """Lava's Sigma decoder (a lava-dl SDNN ``sigma_output`` layer), cleared at each window
+    start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset)
