@@ -14,7 +14,9 @@ How stock netx is driven (:func:`run_stock`): an input block with a neuron gets 
 its neuron's ``a_in`` (``Network.inp`` is left unconnected by netx; lava-dl's PilotNet SNN
 tutorial connects its encoder the same way), otherwise ``Network.inp`` gets it. CUBA/LOIHI
 networks run with ``reset_interval = steps`` (one sample per window, each block from rest);
-netx ignores resets for SDNN networks, so each sample is a stock run of its own.
+netx ignores resets for SDNN networks, and a delay carries spikes across a window's end into
+the next sample's, so with either each sample is a stock run of its own (mtdeploy's semantics:
+every sample from rest, nothing delayed past its window; docs/netx.md §6).
 """
 from __future__ import annotations
 
@@ -57,7 +59,11 @@ def run_stock(path, x_int: np.ndarray, steps: int, input_layout: str,
     layers, _ = read_netx_layers(path)
     input_neuron = layers[0]["type"] == "input" and "neuron" in layers[0]
     sdnn = any(layer.get("neuron", {}).get("type") == "SDNN" for layer in layers)
-    runs = [x_int[i:i + 1] for i in range(len(x_int))] if sdnn else [x_int]
+    # netx ignores resets for SDNN, and its delays carry spikes into the next sample's window:
+    # then each sample is a run of its own
+    delays = any(layer["type"] == "dense" and np.any(np.asarray(layer.get("delay", 0)))
+                 for layer in layers)
+    runs = [x_int[i:i + 1] for i in range(len(x_int))] if sdnn or delays else [x_int]
     trains: dict[int, list] = {}
     for chunk in runs:
         for k, t in _stock_run(path, chunk, steps, input_layout, input_message_bits,

@@ -18,17 +18,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
-from mtdeploy.ir.snn import is_readout
+from mtdeploy.ir.snn import incoming_edges, is_readout
 from mtdeploy.sim.ann import ann_forward
+from mtdeploy.sim.reference import tree_int_forward
 from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
                                                 form_for_neuron, form_for_part)
 from mtdeploy.targets.loihi2.netx.plan import plan_netx
-from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, NON_SPIKING_VTH, extension_json,
+from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, DELAY_MAX, NON_SPIKING_VTH,
+                                                 extension_json,
                                                  extension_text, read_netx_layers, scalar_int,
                                                  stock_dense_weights, validate_netx_layers,
                                                  yx_pair)
@@ -207,8 +210,10 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
     blocks = [i for i, layer in enumerate(layers) if layer["type"] in ("dense", "conv")]
     g = Graph(Path(path).stem)
     prev = _presented_input(g, path, layers, blocks, steps)
+    chain = [prev] if kind_of(prev).role == "activation" else []   # an input neuron
     for i in blocks:
         prev = _stock_block(g, path, layers[i], i, prev, steps, last=i == blocks[-1])
+        chain.append(prev)
     if not is_readout(prev):
         prev = _add_from_table(g, "readout", form_for_part(READOUT),
                           {"bias": np.zeros(prev.shape, np.int64)}, [prev.name], steps,
@@ -218,7 +223,35 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
                    "alignment": "none", "neuron": "cuba", "v_init": 0.0, "seed": 0,
                    "input_exp": 0, "input_bits": 8, "input_max": 127.0})
     g.validate()
+    # stock netx feeds block k one step after block k-1 (the first through a synapse hop,
+    # unless it is an input neuron fed directly), all blocks running from the first step
+    _stream_preludes(g, chain, first=0 if len(chain) > len(blocks) else 1)
     return g
+
+
+def _stream_preludes(g: Graph, chain: list[Node], first: int) -> None:
+    """The state each non-resetting population (sigma-delta: a kind with ``run_state``) has
+    when a sample reaches it in a stock run: block k runs ``k + first`` steps before its
+    window on its bias and its producer's output from before the producer's window (nothing
+    the sample changes). Stored as the population's ``<state>_init`` params."""
+    if not any(hasattr(kind_of(p), "run_state") for p in chain):
+        return
+    before = None                                  # the previous block's prelude output
+    for k, pop in enumerate(chain):
+        kind, steps = kind_of(pop), k + first
+        if kind.role != "activation":
+            break                                  # the readout: nothing after it
+        current = torch.zeros((steps, 1, *pop.shape), dtype=torch.float64)
+        if before is not None and steps > 1:       # a synapse hop: step t gets t-1's output
+            edge = incoming_edges(g, pop)[0]
+            current[1:] = tree_int_forward(g, pop.name, {edge.align or edge.producer:
+                                                         before[:steps - 1, 0]}).unsqueeze(1)
+        pop.attrs["prelude"] = steps
+        if hasattr(kind, "run_state"):
+            before, state = kind.run_state(pop, current)
+            pop.params.update({f"{name}_init": value[0].numpy() for name, value in state.items()})
+        else:
+            before = kind.simulate(pop, current, True, {})
 
 
 def _refuse_unsupported(path, layers: list[dict]) -> None:
@@ -234,9 +267,6 @@ def _refuse_unsupported(path, layers: list[dict]) -> None:
             raise InputError(f"{where}: recurrent layers are not supported by mtdeploy")
         if isinstance(layer.get("weight"), dict):
             raise InputError(f"{where}: complex weights are not supported by mtdeploy")
-        if layer["type"] == "dense" and np.any(np.asarray(layer.get("delay", 0))):
-            raise InputError(f"{where}: non-zero synaptic delays are not supported by mtdeploy "
-                             "yet (all-zero delays, as slayer exports with delay=True, are)")
         neuron = layer.get("neuron", {})
         if "sigma_output" in neuron and "bias" in layer:
             raise InputError(f"{where}: a sigma_output layer with a bias makes netx fail (its "
@@ -284,6 +314,10 @@ def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, la
                           [prev.name], steps, "netx flattens (x,y,z) as C,H,W")
     lin = _add_from_table(g, f"layer{i}", form_for_layer(layer["type"], path),
                      _fields(layer, path, i), [prev.name], steps, f"/layer/{i}")
+    delay = _delays(layer, lin.shape, f"{path}: layer {i}")
+    if delay is not None:
+        lin = _add(g, Node(f"layer{i}.delay", "delay", [lin.name], {}, {"delay": delay},
+                           T=steps, origin=f"/layer/{i}/delay"))
     neuron = _neuron_fields(layer.get("neuron", NETX_DEFAULT_NEURON))
     bias = _bias_chw(layer, lin.shape)
     if last and _is_accumulator(neuron, bias):
@@ -296,6 +330,26 @@ def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, la
                       {"neuron": neuron, "bias": bias, "shape": lin.shape, "input": False},
                       [lin.name], steps,
                       f"/layer/{i}/neuron")
+
+
+def _delays(layer: dict, out_shape: tuple[int, ...], where: str) -> np.ndarray | None:
+    """A dense layer's delays per output neuron as netx applies them (clamped to 62; a scalar
+    for every neuron), None where there are none (netx ignores a conv layer's delay)."""
+    if layer["type"] != "dense" or "delay" not in layer:
+        return None
+    d = np.asarray(layer["delay"])
+    if d.dtype.kind not in "iuf" or not np.all(np.isfinite(d)) or np.any(d < 0) \
+            or not np.all(d == np.round(d)):
+        raise InputError(f"{where}: delays must be non-negative integers")
+    d = np.clip(d, 0, DELAY_MAX).astype(np.int64)
+    n_out = int(np.prod(out_shape))
+    if d.size == 1:
+        d = np.full(n_out, int(d.reshape(-1)[0]))
+    elif d.ndim != 1 or d.size != n_out:
+        raise InputError(f"{where}: delays of shape {d.shape} are per input or per synapse; "
+                         f"mtdeploy models delays per output neuron ({n_out},), as slayer "
+                         "writes them")
+    return d.reshape(out_shape) if np.any(d) else None
 
 
 def _add_from_table(g: Graph, name: str, found: tuple[str, NetxForm], fields: dict,

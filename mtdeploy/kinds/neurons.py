@@ -370,6 +370,7 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
 SDNN_SPIKE_EXP = 6   # netx's spike_exp: a graded spike carries its value << 6
 SDNN_STATE_EXP = 6   # netx's state_exp: thresholds and biases are held << 6 more
 SDNN_MODES = ("delta", "sigma-delta", "sigma")
+SDNN_STATE = ("sigma", "act", "residue")   # what a window starts from (params <name>_init)
 
 
 @register
@@ -380,6 +381,12 @@ class SigmaDeltaKind(NodeKind):
     hidden layer: SigmaDelta with ReLU, netx's only activation) or ``sigma`` (a layer with
     ``sigma_output``: Sigma, which sends its running sum). Spikes are graded: an integer
     payload per step, zero when silent.
+
+    netx cannot reset sigma-delta neurons: every block runs from the stream's first step, so
+    one that a sample reaches ``attrs["prelude"]`` steps later has by then integrated its bias
+    and its producers' bias-driven output. That state does not depend on the sample; the NetX
+    reader computes it (params ``sigma_init``, ``act_init``, ``residue_init``) and each window
+    starts from it, which is what a stock run shows for a sample entering a fresh network.
     """
 
     name = "sdnn"
@@ -389,28 +396,36 @@ class SigmaDeltaKind(NodeKind):
                    "bit-exact with Lava's fixed_pt Delta / SigmaDelta (ReLU) / Sigma")
 
     def simulate(self, node, current, fixed_point, ctx):
-        """Lava's fixed_pt models from rest, step by step, in their units.
+        """The payloads (T, N, ...) for the synaptic input ``current`` (T, N, ...), from the
+        state in ``params`` (``sigma_init``, ``act_init``, ``residue_init``; zero if absent)."""
+        init = {k: np.asarray(node.params[f"{k}_init"]) for k in SDNN_STATE
+                if f"{k}_init" in node.params}
+        return self.run_state(node, current, init)[0]
+
+    def run_state(self, node, current, init: dict | None = None):
+        """Lava's fixed_pt models step by step, in their units; -> (payloads, final state).
 
         delta: x = a << 12; d = x - x_prev + r. sigma-delta: sigma += a; x = relu(sigma +
         (bias << 12)); d = x - x_prev + r. Both send s = d where |d| >= vThMant << 12 (else 0)
-        as s >> 6 and keep r = d - s. sigma: sends sigma += a. ``current`` (T, N, ...) is the
-        synaptic input a; returns the payloads (T, N, ...).
+        as s >> 6 and keep r = d - s. sigma: sends sigma += a. ``init`` maps ``sigma``,
+        ``act``, ``residue`` to per-neuron starting values (Lava's scaled units).
         """
         a = current.to(torch.float64)
         mode = node.attrs["mode"]
         out = torch.empty_like(a)
-        sigma = torch.zeros(a.shape[1:], dtype=a.dtype, device=a.device)
-        if mode == "sigma":
-            for t in range(a.shape[0]):
-                sigma = sigma + a[t]
-                out[t] = sigma
-            return out
+        state = {k: torch.as_tensor(np.asarray((init or {}).get(k, 0.0), np.float64),
+                                    dtype=a.dtype, device=a.device).expand(a.shape[1:]).clone()
+                 for k in SDNN_STATE}
+        sigma, act, residue = (state[k] for k in SDNN_STATE)
         scale = float(2 ** (SDNN_SPIKE_EXP + SDNN_STATE_EXP))
-        vth = float(int(node.attrs["vThMant"])) * scale
+        vth = float(int(node.attrs.get("vThMant", 0))) * scale
         bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=a.dtype,
                                device=a.device) * scale
-        act, residue = torch.zeros_like(sigma), torch.zeros_like(sigma)
         for t in range(a.shape[0]):
+            if mode == "sigma":
+                sigma = sigma + a[t]
+                out[t] = sigma
+                continue
             if mode == "delta":
                 x = a[t] * scale
             else:
@@ -420,7 +435,7 @@ class SigmaDeltaKind(NodeKind):
             s = torch.where(delta.abs() >= vth, delta, torch.zeros_like(delta))
             residue, act = delta - s, x
             out[t] = torch.floor(s / float(2 ** SDNN_STATE_EXP))
-        return out
+        return out, {"sigma": sigma, "act": act, "residue": residue}
 
     def closed_form(self, node, current_int):
         raise InputError(f"{node.label()}: a sigma-delta population has no closed form; "

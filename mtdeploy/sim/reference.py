@@ -124,7 +124,9 @@ class _Batch:
                 self.values[node.name] = self._align(node, kind)
             elif kind.role == "linear":
                 xs = [self.values[i].to(plan.dtypes[node.name]) for i in node.inputs]
-                y = _linear(node, _apply_gains(node, xs, plan.fixed), plan.fixed)
+                xs = _apply_gains(node, xs, plan.fixed)
+                y = kind.forward_steps(node, xs[0]) if kind.temporal else \
+                    _linear(node, xs, plan.fixed)
                 self.values[node.name] = torch.round(y) if plan.round_currents else y
             else:
                 self._population(node, kind)
@@ -310,7 +312,8 @@ def population_steps(graph: Graph, x, mode: str = "fixed", seed: int | None = No
     run = prepare(graph, x, mode, seed, True)
     plan = replace(run.plan, last_use={}, keep_steps={k: True for k in run.plan.keep_steps})
     batch = _Batch(plan, run.seed, 0, run.n, True)
-    batch.run(torch.as_tensor(np.asarray(run.x), dtype=torch.float64))
+    with torch.no_grad():
+        batch.run(torch.as_tensor(np.asarray(run.x), dtype=torch.float64))
     return {node.name: batch.values[node.name].cpu().numpy() for node in graph
             if kind_of(node).role in ("activation", "readout") and node.name in batch.values}
 

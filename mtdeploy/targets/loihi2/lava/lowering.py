@@ -27,12 +27,13 @@ from mtdeploy.kinds import neuron_of
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
 from mtdeploy.targets.loihi2.lava.neurons import (NEURON_MODELS, POPULATION_KINDS, neuron_process,
                                                   processes_of)
-from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, SampleSource
+from mtdeploy.targets.loihi2.lava.procs.process import (DelayLine, Readout, SampleSource,
+                                                         WindowDelay)
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
 from mtdeploy.targets.loihi2.lava.tables import Build
-from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, samples_in_flight, stream_delay,
-                                             timing_process)
+from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, delay_process, samples_in_flight,
+                                                 stream_delay, synaptic_delays, timing_process)
 
 
 @dataclass
@@ -107,8 +108,14 @@ def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tup
     info = _layer_info(build, pop)
     neuron = neuron_process(build, pop)
     info.processes.update(type(proc).__name__ for proc in processes_of(neuron))
+    delays = delay_process(build, pop)
+    port = neuron.a_in
+    if delays is not None:
+        info.processes[type(delays).__name__] += 1
+        delays.a_out.connect(neuron.a_in)
+        port = delays.a_in
     for key, edges in _edge_groups(build.graph, pop).items():
-        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, neuron, info.processes))
+        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, port, info.processes))
     return neuron, info
 
 
@@ -123,14 +130,15 @@ def _edge_groups(graph: Graph, pop: Node) -> dict[str, list[Edge]]:
 
 
 def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports: dict[str, Any],
-                neuron, processes: Counter) -> EdgeInfo:
-    """producer -> synapses -> [align process | delay line] -> neuron, for one edge group."""
+                port, processes: Counter) -> EdgeInfo:
+    """producer -> synapses -> [align process | delay line] -> ``port`` (the neuron's input,
+    or its synaptic delays'), for one edge group."""
     edge = edges[0]
     stage, delay = timing_process(build, pop, edge, key)
-    target = neuron.a_in
+    target = port
     if stage is not None:
         processes[type(stage).__name__] += 1
-        stage.a_out.connect(neuron.a_in)
+        stage.a_out.connect(port)
         target = stage.a_in
     wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
                 out_ports[edge.producer], target)
@@ -162,6 +170,8 @@ def plan_layers(build: Build) -> dict[str, LayerInfo]:
             continue
         info = layers[pop.name] = _layer_info(build, pop)
         info.processes[_neuron_process_name(pop)] += 1
+        if synaptic_delays(build, pop) is not None:
+            info.processes[WindowDelay.__name__] += 1
         for key, edges in _edge_groups(build.graph, pop).items():
             edge = edges[0]
             stage, delay = _timing_process_name(build, pop, edge)

@@ -15,7 +15,7 @@ from lava.proc.lif.process import LIFReset
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.kinds import neuron_of
-from mtdeploy.kinds.neurons import ACT_SHIFT, SDNN_SPIKE_EXP, SDNN_STATE_EXP
+from mtdeploy.kinds.neurons import ACT_SHIFT, SDNN_SPIKE_EXP, SDNN_STATE, SDNN_STATE_EXP
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import (DeltaReset, IFNeuron, Readout,
                                                          SigmaDeltaReset, SigmaReset, TPPNeuron)
@@ -136,13 +136,16 @@ SDNN_PROCESSES: dict[str, type] = {"delta": DeltaReset, "sigma-delta": SigmaDelt
 @POPULATION_KINDS.register("sdnn")
 def _sigma_delta(build: Build, pop: Node):
     """Lava's Delta / SigmaDelta / Sigma as lava-dl netx builds an SDNN layer (vth = vThMant,
-    spike_exp = state_exp = 6, the layer's bias), cleared where each window opens."""
+    spike_exp = state_exp = 6, the layer's bias), set where each window opens to the state the
+    population starts its window from (mtdeploy.kinds.neurons.SigmaDeltaKind)."""
     _fixed_point_only(build, pop, "a sigma-delta population (a NetX file's SDNN neurons)",
                       "lava-dl's SDNN layers are fixed-point models")
     mode = pop.attrs["mode"]
     if mode not in SDNN_PROCESSES:
         raise InputError(f"{pop.label()}: sigma-delta mode {mode!r} has no Lava process")
-    kwargs = {"shape": lava_shape(pop.shape), **_window_reset(build, pop)}
+    init = {name: one_to_lava(np.asarray(pop.params[f"{name}_init"], np.int64), pop.shape)
+            for name in SDNN_STATE if f"{name}_init" in pop.params}
+    kwargs = {"shape": lava_shape(pop.shape), "init": init, **_window_reset(build, pop)}
     if mode != "sigma":
         kwargs.update(vth=int(pop.attrs["vThMant"]), spike_exp=SDNN_SPIKE_EXP,
                       state_exp=SDNN_STATE_EXP)

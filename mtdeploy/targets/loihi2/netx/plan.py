@@ -19,6 +19,7 @@ import torch
 from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.findings import Finding, errors
 from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
 from mtdeploy.sim.reference import tree_int_forward
@@ -157,6 +158,11 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
         neuron, bias, exact = neuron_group(pop, drive, steps)
     except InputError as exc:
         return Finding("structure", pop.label(), str(exc))
+    delayed = [n.name for n in tree_nodes(graph, pop) if kind_of(n).temporal]
+    if delayed:
+        return Finding("structure", pop.label(), f"synaptic delays ({', '.join(delayed)}): "
+                       "mtdeploy writes no NetX delays, and its window semantics (nothing "
+                       "delayed past a window) differ from a stock stream")
     if not layers:
         return {}
     key = edge.align or edge.producer
