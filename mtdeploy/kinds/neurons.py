@@ -1,5 +1,6 @@
 """Populations and their neurons: ``qcfs`` (a QCFS activation, run as IF or TPP neurons),
-``readout`` (the output accumulator) and ``cuba`` (Loihi's CUBA LIF, read from NetX files).
+``readout`` (the output accumulator), ``cuba`` (Loihi's CUBA LIF) and ``sdnn`` (lava-dl's
+sigma-delta neurons, graded spikes), the last two read from NetX files.
 
 A ``qcfs`` node's ``attrs["neuron"]`` names its neuron model in :data:`NEURONS`; each model is
 defined once here with its dynamics (semantics §2 float, §3 fixed point; bit-exact with the
