@@ -24,7 +24,7 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
-from mtdeploy.ir.snn import incoming_edges, is_readout
+from mtdeploy.ir.snn import incoming_edges, is_readout, tree_nodes
 from mtdeploy.sim.ann import ann_forward
 from mtdeploy.sim.reference import tree_int_forward
 from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
@@ -246,6 +246,9 @@ def _stream_preludes(g: Graph, chain: list[Node], first: int) -> None:
             edge = incoming_edges(g, pop)[0]
             current[1:] = tree_int_forward(g, pop.name, {edge.align or edge.producer:
                                                          before[:steps - 1, 0]}).unsqueeze(1)
+            for node in tree_nodes(g, pop):        # a synaptic delay, the tree's last op
+                if kind_of(node).temporal:
+                    current = kind_of(node).forward_steps(node, current)
         pop.attrs["prelude"] = steps
         if hasattr(kind, "run_state"):
             before, state = kind.run_state(pop, current)
