@@ -3,13 +3,16 @@
 * A file mtdeploy wrote (``/mtdeploy`` extension present): the exact MT-SNN graph back, after
   checking that the stock layers are still the ones the graph produces (a file edited after
   writing would otherwise be simulated as something it no longer is).
-* Any other NetX file (lava-dl slayer's ``export_hdf5``: input/dense/conv/flatten layers with
-  CUBA neurons), or ``use_extension=False``: the network as stock netx runs it, as ``cuba``
-  populations (mtdeploy.kinds.neurons.CubaKind) whose reference simulation is bit-exact with
-  Lava's ``fixed_pt`` LIF, including netx's conversion of dense weights. Every layer runs
-  ``steps`` steps from rest (a stock run with ``reset_interval=steps, reset_offset=1``); the
-  input is presented on every step; the output is the last layer's spike rate, or its mean
-  input current when that layer is a non-spiking accumulator (as mtdeploy writes its readout).
+* Any other NetX file (lava-dl slayer's ``export_hdf5``, lava-dl's tutorial networks:
+  input/dense/conv/flatten layers with CUBA, LOIHI or SDNN neurons, an input layer with a
+  neuron, dense delays), or ``use_extension=False``: the network as stock netx runs it, as
+  ``cuba`` populations (mtdeploy.kinds.neurons.CubaKind, bit-exact with Lava's ``fixed_pt``
+  LIF, including netx's conversion of dense weights) and ``sdnn`` populations (SigmaDeltaKind,
+  Lava's Delta/SigmaDelta/Sigma), with ``delay`` nodes. Every layer runs ``steps`` steps per
+  sample (a stock run with ``reset_interval=steps``; sigma-delta layers from the state a stock
+  stream reaches before the sample); the input is presented on every step; the output is the
+  last layer's spike rate (mean payload), or its mean input current when that layer is a
+  non-spiking accumulator (as mtdeploy writes its readout). docs/netx.md §6.
 
 Unreadable, truncated or malformed files raise InputError with the reason, never a traceback.
 """
@@ -27,8 +30,8 @@ from mtdeploy.ir.serialize import graph_from_json
 from mtdeploy.ir.snn import incoming_edges, is_readout, tree_nodes
 from mtdeploy.sim.ann import ann_forward
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
-                                                form_for_neuron, form_for_part)
+from mtdeploy.targets.loihi2.netx.kinds import (DELAY, PRESENTATION, READOUT, NetxForm,
+                                                form_for_layer, form_for_neuron, form_for_part)
 from mtdeploy.targets.loihi2.netx.plan import plan_netx
 from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, DELAY_MAX, NON_SPIKING_VTH,
                                                  extension_json,
@@ -319,8 +322,8 @@ def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, la
                      _fields(layer, path, i), [prev.name], steps, f"/layer/{i}")
     delay = _delays(layer, lin.shape, f"{path}: layer {i}")
     if delay is not None:
-        lin = _add(g, Node(f"layer{i}.delay", "delay", [lin.name], {}, {"delay": delay},
-                           T=steps, origin=f"/layer/{i}/delay"))
+        lin = _add_from_table(g, f"layer{i}.delay", form_for_part(DELAY), {"delay": delay},
+                              [lin.name], steps, f"/layer/{i}/delay")
     neuron = _neuron_fields(layer.get("neuron", NETX_DEFAULT_NEURON))
     bias = _bias_chw(layer, lin.shape)
     if last and _is_accumulator(neuron, bias):

@@ -22,6 +22,7 @@ from mtdeploy.targets.loihi2.netx.neurons import cuba_neuron, if_as_cuba, readou
 # The parts of a stock run a kind can stand for (NetxForm.part).
 PRESENTATION = "presentation"   # netx feeds the input on every step of a window
 READOUT = "readout"             # the output: a layer that cannot fire (its voltage), or spike rates
+DELAY = "delay"                 # a dense layer's synaptic delays (read only: never written)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ NETX_FORMS: dict[str, NetxForm] = {
         {"method": "avg-repeat", "t_in": 1, "t_out": int(f["steps"])}, {})),
     "qcfs": NetxForm(neuron=if_as_cuba),
     "readout": NetxForm(part=READOUT, read=_read_readout, neuron=readout_as_cuba),
+    "delay": NetxForm(part=DELAY, read=lambda f: ({}, {"delay": f["delay"]})),
     "cuba": NetxForm(neuron_types=("CUBA", "LOIHI"), read=_read_cuba, neuron=_cuba_as_cuba),
     # read only: mtdeploy writes no SDNN layers, so such a network is built extension-only
     "sdnn": NetxForm(neuron_types=("SDNN",), read=_read_sdnn),
