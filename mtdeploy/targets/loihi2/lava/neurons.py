@@ -15,7 +15,8 @@ from lava.proc.lif.process import LIFReset
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.kinds import neuron_of
-from mtdeploy.kinds.neurons import ACT_SHIFT, SDNN_SPIKE_EXP, SDNN_STATE, SDNN_STATE_EXP
+from mtdeploy.kinds.neurons import ACT_SHIFT
+from mtdeploy.kinds.neurons import SDNN_SPIKE_EXP, SDNN_STATE, SDNN_STATE_EXP
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import (DeltaReset, IFNeuron, Readout,
                                                          SigmaDeltaReset, SigmaReset, TPPNeuron)
