@@ -393,6 +393,7 @@ class SigmaDeltaKind(NodeKind):
     name = "sdnn"
     role = "activation"
     graded = True
+    spike_exp, state_exp, state = SDNN_SPIKE_EXP, SDNN_STATE_EXP, SDNN_STATE
     description = ("a lava-dl sigma-delta (SDNN) population read from NetX files: graded spikes; "
                    "bit-exact with Lava's fixed_pt Delta / SigmaDelta (ReLU) / Sigma")
 

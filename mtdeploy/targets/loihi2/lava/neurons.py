@@ -14,9 +14,9 @@ from lava.proc.lif.process import LIFReset
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
+from mtdeploy.ir.kind import kind_of
 from mtdeploy.kinds import neuron_of
 from mtdeploy.kinds.neurons import ACT_SHIFT
-from mtdeploy.kinds.neurons import SDNN_SPIKE_EXP, SDNN_STATE, SDNN_STATE_EXP
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import (DeltaReset, IFNeuron, Readout,
                                                          SigmaDeltaReset, SigmaReset, TPPNeuron)
@@ -144,12 +144,13 @@ def _sigma_delta(build: Build, pop: Node):
     mode = pop.attrs["mode"]
     if mode not in SDNN_PROCESSES:
         raise InputError(f"{pop.label()}: sigma-delta mode {mode!r} has no Lava process")
+    kind = kind_of(pop)
     init = {name: one_to_lava(np.asarray(pop.params[f"{name}_init"], np.int64), pop.shape)
-            for name in SDNN_STATE if f"{name}_init" in pop.params}
+            for name in kind.state if f"{name}_init" in pop.params}
     kwargs = {"shape": lava_shape(pop.shape), "init": init, **_window_reset(build, pop)}
     if mode != "sigma":
-        kwargs.update(vth=int(pop.attrs["vThMant"]), spike_exp=SDNN_SPIKE_EXP,
-                      state_exp=SDNN_STATE_EXP)
+        kwargs.update(vth=int(pop.attrs["vThMant"]), spike_exp=kind.spike_exp,
+                      state_exp=kind.state_exp)
     if mode == "sigma-delta":
         kwargs["bias"] = one_to_lava(np.asarray(pop.params["bias_mant"], np.int64), pop.shape)
     return _counted(build, pop, SDNN_PROCESSES[mode](**kwargs))
