@@ -67,18 +67,18 @@ class NodeKind:
     name: ClassVar[str]
     role: ClassVar[str] = "linear"        # source | linear | activation | readout | timing
     weighted: ClassVar[bool] = False      # has a weight tensor scaled by quantization
-    #: eager module types this kind is imported from (front ends match on them)
-    torch_types: ClassVar[tuple[type, ...]] = ()
-    description: ClassVar[str] = ""
-    #: one kernel per output channel serves every position, so a core stores it once
-    #: (conv, pooling, element-wise ops); False for dense matrices
-    shift_invariant: ClassVar[bool] = True
     #: a population whose output per step is an integer payload (graded spike), not 0/1:
     #: synapses reading it need message bits (sigma-delta neurons)
     graded: ClassVar[bool] = False
     #: a linear op across time steps (a synaptic delay): the reference applies
     #: ``forward_steps`` to the whole window instead of ``forward_int`` to each step
     temporal: ClassVar[bool] = False
+    #: eager module types this kind is imported from (front ends match on them)
+    torch_types: ClassVar[tuple[type, ...]] = ()
+    description: ClassVar[str] = ""
+    #: one kernel per output channel serves every position, so a core stores it once
+    #: (conv, pooling, element-wise ops); False for dense matrices
+    shift_invariant: ClassVar[bool] = True
 
     # ---- import ---------------------------------------------------------------------------
     def from_torch(self, module: "nn.Module") -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -32,7 +32,7 @@ from mtdeploy.targets.loihi2.lava.procs.process import (DelayLine, Readout, Samp
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
 from mtdeploy.targets.loihi2.lava.tables import Build
-from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, delay_process, samples_in_flight,
+from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, delayed_input, samples_in_flight,
                                                  stream_delay, synaptic_delays, timing_process)
 
 
@@ -108,14 +108,11 @@ def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tup
     info = _layer_info(build, pop)
     neuron = neuron_process(build, pop)
     info.processes.update(type(proc).__name__ for proc in processes_of(neuron))
-    delays = delay_process(build, pop)
-    port = neuron.a_in
-    if delays is not None:
-        info.processes[type(delays).__name__] += 1
-        delays.a_out.connect(neuron.a_in)
-        port = delays.a_in
+    target = delayed_input(build, pop, neuron)      # the neuron, or its synaptic delays
+    if target is not neuron:
+        info.processes[type(target.delays).__name__] += 1
     for key, edges in _edge_groups(build.graph, pop).items():
-        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, port, info.processes))
+        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, target, info.processes))
     return neuron, info
 
 
@@ -130,15 +127,14 @@ def _edge_groups(graph: Graph, pop: Node) -> dict[str, list[Edge]]:
 
 
 def _lower_edge(build: Build, pop: Node, key: str, edges: list[Edge], out_ports: dict[str, Any],
-                port, processes: Counter) -> EdgeInfo:
-    """producer -> synapses -> [align process | delay line] -> ``port`` (the neuron's input,
-    or its synaptic delays'), for one edge group."""
+                neuron, processes: Counter) -> EdgeInfo:
+    """producer -> synapses -> [align process | delay line] -> neuron, for one edge group."""
     edge = edges[0]
     stage, delay = timing_process(build, pop, edge, key)
-    target = port
+    target = neuron.a_in
     if stage is not None:
         processes[type(stage).__name__] += 1
-        stage.a_out.connect(port)
+        stage.a_out.connect(neuron.a_in)
         target = stage.a_in
     wire = Wire(build.graph[edge.producer], key, edge.entry if len(edges) == 1 else None,
                 out_ports[edge.producer], target)

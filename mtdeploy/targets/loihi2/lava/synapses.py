@@ -31,8 +31,8 @@ from lava.utils.weightutils import SignMode
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
-from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_source
+from mtdeploy.kinds import kind_of
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.passes.quantize import mantissa_bits
 from mtdeploy.targets.loihi2.forms import ConvForm

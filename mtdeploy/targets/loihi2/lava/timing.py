@@ -6,6 +6,7 @@ Both sit after the edge's synapse, which delivers one hop (``hop_steps``) late.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from mtdeploy.errors import InputError
@@ -102,13 +103,29 @@ def synaptic_delays(build: Build, pop: Node) -> Node | None:
     return delays[0]
 
 
-def delay_process(build: Build, pop: Node) -> WindowDelay | None:
-    """The WindowDelay in front of ``pop`` (after its edge's synapse and align process), or
-    None where its input has no synaptic delays."""
+@dataclass(frozen=True)
+class DelayedInput:
+    """A population's input side when its input has synaptic delays: edges connect to the
+    WindowDelay's ``a_in``, which feeds the neuron process."""
+
+    delays: WindowDelay
+    neuron: Any
+
+    @property
+    def a_in(self):
+        return self.delays.a_in
+
+
+def delayed_input(build: Build, pop: Node, neuron):
+    """What ``pop``'s edges connect to: ``neuron``, or a WindowDelay in front of it (after the
+    edge's synapse and align process) where its input has synaptic delays."""
     node = synaptic_delays(build, pop)
     if node is None:
-        return None
-    return WindowDelay(shape=lava_shape(pop.shape),
-                       delays=one_to_lava(np.asarray(node.params["delay"], np.int64), pop.shape),
-                       window=build.window(pop), period=build.period,
-                       name=f"{node.name}:delay")
+        return neuron
+    delays = WindowDelay(shape=lava_shape(pop.shape),
+                         delays=one_to_lava(np.asarray(node.params["delay"], np.int64),
+                                            pop.shape),
+                         window=build.window(pop), period=build.period,
+                         name=f"{node.name}:delay")
+    delays.a_out.connect(neuron.a_in)
+    return DelayedInput(delays, neuron)
