@@ -1,6 +1,7 @@
 """lava-dl's own NetX files through mtdeploy, checked against stock netx step for step.
 
-    .venv/bin/python benchmarks/bench_lavadl_files.py DIR [--steps 16] [--samples 2]
+    .venv/bin/python benchmarks/bench_lavadl_files.py DIR [--steps 16] [--samples 2] [-o JSON]
+    .venv/bin/python benchmarks/bench_lavadl_files.py --table [-o JSON]   # the table again
 
 For every ``*.net`` in DIR (e.g. the tutorial networks in lava-dl's repository; they are not
 shipped with mtdeploy): imported (``read_netx``), ``mtdeploy check``, ``mtdeploy compile``,
@@ -236,11 +237,13 @@ def _mark(v) -> str:
 def print_table(rows: list[dict]) -> None:
     cols = ["file", "neurons", "imported", "checked", "compiled", "simulated", "simulated_lava",
             "stock_ran", "agree_reference", "agree_lava"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+    print("| " + " | ".join(cols + ["values compared (non-zero)"]) + " |")
+    print("|" + "---|" * (len(cols) + 1))
     for r in rows:
         cells = [r["file"], ",".join(r.get("neurons", [])) or "-"] + \
-            [_mark(r.get(c)) for c in cols[2:]]
+            [_mark(r.get(c)) for c in cols[2:]] + \
+            [f"{r['compared_values']:,} ({r['stock_nonzero']:,})" if "compared_values" in r
+             else "-"]
         print("| " + " | ".join(cells) + " |")
     for r in rows:
         for what, msg in {**r.get("errors", {}),
@@ -251,12 +254,18 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dir", type=Path)
+    ap.add_argument("dir", type=Path, nargs="?", help="a directory of .net files")
     ap.add_argument("--steps", type=int, default=16, help="steps per sample (>= 16)")
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--no-lava", action="store_true", help="skip mtdeploy's Lava backend")
     ap.add_argument("-o", type=Path, default=ROOT / "benchmarks" / "results" / "lavadl_files.json")
+    ap.add_argument("--table", action="store_true", help="print the table of the JSON in -o")
     a = ap.parse_args(argv)
+    if a.table:
+        print_table(json.loads(a.o.read_text())["rows"])
+        return 0
+    if a.dir is None:
+        ap.error("give a directory of .net files (or --table)")
     rows = []
     for path in sorted(a.dir.glob("*.net")):
         t0 = time.perf_counter()
