@@ -25,7 +25,7 @@ def run(a) -> int:
     pairs = ("ann-float", "fixed-lava") if exact_ann else ("fixed-lava",)
     print(format_ladder(rows, pairs))
     if graph.meta.get("neuron") == "cuba":
-        print("(a NetX file's CUBA LIF network has no ANN: its ann column is nan)")
+        print("(a NetX file's CUBA LIF or sigma-delta network has no ANN: its ann column is nan)")
     elif not exact_ann:
         print("(ttm/none alignment or TPP neurons approximate the ANN: ann-float is information)")
     broken = [(pair, first_divergence(rows, pair)) for pair in pairs]

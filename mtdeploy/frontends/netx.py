@@ -3,13 +3,16 @@
 * A file mtdeploy wrote (``/mtdeploy`` extension present): the exact MT-SNN graph back, after
   checking that the stock layers are still the ones the graph produces (a file edited after
   writing would otherwise be simulated as something it no longer is).
-* Any other NetX file (lava-dl slayer's ``export_hdf5``: input/dense/conv/flatten layers with
-  CUBA neurons), or ``use_extension=False``: the network as stock netx runs it, as ``cuba``
-  populations (mtdeploy.kinds.neurons.CubaKind) whose reference simulation is bit-exact with
-  Lava's ``fixed_pt`` LIF, including netx's conversion of dense weights. Every layer runs
-  ``steps`` steps from rest (a stock run with ``reset_interval=steps, reset_offset=1``); the
-  input is presented on every step; the output is the last layer's spike rate, or its mean
-  input current when that layer is a non-spiking accumulator (as mtdeploy writes its readout).
+* Any other NetX file (lava-dl slayer's ``export_hdf5``, lava-dl's tutorial networks:
+  input/dense/conv/flatten layers with CUBA, LOIHI or SDNN neurons, an input layer with a
+  neuron, dense delays), or ``use_extension=False``: the network as stock netx runs it, as
+  ``cuba`` populations (mtdeploy.kinds.neurons.CubaKind, bit-exact with Lava's ``fixed_pt``
+  LIF, including netx's conversion of dense weights) and ``sdnn`` populations (SigmaDeltaKind,
+  Lava's Delta/SigmaDelta/Sigma), with ``delay`` nodes. Every layer runs ``steps`` steps per
+  sample (a stock run with ``reset_interval=steps``; sigma-delta layers from the state a stock
+  stream reaches before the sample); the input is presented on every step; the output is the
+  last layer's spike rate (mean payload), or its mean input current when that layer is a
+  non-spiking accumulator (as mtdeploy writes its readout). docs/netx.md §6.
 
 Unreadable, truncated or malformed files raise InputError with the reason, never a traceback.
 """
@@ -18,17 +21,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.serialize import graph_from_json
-from mtdeploy.ir.snn import is_readout
+from mtdeploy.ir.snn import incoming_edges, is_readout, tree_nodes
 from mtdeploy.sim.ann import ann_forward
-from mtdeploy.targets.loihi2.netx.kinds import (PRESENTATION, READOUT, NetxForm, form_for_layer,
-                                                form_for_neuron, form_for_part)
+from mtdeploy.sim.reference import tree_int_forward
+from mtdeploy.targets.loihi2.netx.kinds import (DELAY, PRESENTATION, READOUT, NetxForm,
+                                                form_for_layer, form_for_neuron, form_for_part)
 from mtdeploy.targets.loihi2.netx.plan import plan_netx
-from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, NON_SPIKING_VTH, extension_json,
+from mtdeploy.targets.loihi2.netx.schema import (DECAY_UNITY, DELAY_MAX, NON_SPIKING_VTH,
+                                                 extension_json,
                                                  extension_text, read_netx_layers, scalar_int,
                                                  stock_dense_weights, validate_netx_layers,
                                                  yx_pair)
@@ -181,8 +187,8 @@ def _is_accumulator(neuron: dict, bias: np.ndarray) -> bool:
     """A layer that cannot spike within Lava's state range and whose v/64 is mtdeploy's readout
     accumulator: non-leaky v of a non-persistent current, or netx's default neuron (persistent
     current, v = u + bias) when it has no bias."""
-    if int(neuron["vThMant"]) < NON_SPIKING_VTH:
-        return False
+    if "iDecay" not in neuron or int(neuron["vThMant"]) < NON_SPIKING_VTH:
+        return False     # not a LIF group (sigma-delta), or one that can fire
     plain = int(neuron["iDecay"]) == DECAY_UNITY and int(neuron["vDecay"]) == 0
     netx_default = int(neuron["iDecay"]) == 0 and int(neuron["vDecay"]) == DECAY_UNITY \
         and not np.any(bias)
@@ -207,8 +213,10 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
     blocks = [i for i, layer in enumerate(layers) if layer["type"] in ("dense", "conv")]
     g = Graph(Path(path).stem)
     prev = _presented_input(g, path, layers, blocks, steps)
+    chain = [prev] if kind_of(prev).role == "activation" else []   # an input neuron
     for i in blocks:
         prev = _stock_block(g, path, layers[i], i, prev, steps, last=i == blocks[-1])
+        chain.append(prev)
     if not is_readout(prev):
         prev = _add_from_table(g, "readout", form_for_part(READOUT),
                           {"bias": np.zeros(prev.shape, np.int64)}, [prev.name], steps,
@@ -218,7 +226,38 @@ def _stock_graph(path, layers: list[dict], steps: int) -> Graph:
                    "alignment": "none", "neuron": "cuba", "v_init": 0.0, "seed": 0,
                    "input_exp": 0, "input_bits": 8, "input_max": 127.0})
     g.validate()
+    # stock netx feeds block k one step after block k-1 (the first through a synapse hop,
+    # unless it is an input neuron fed directly), all blocks running from the first step
+    _stream_preludes(g, chain, first=0 if len(chain) > len(blocks) else 1)
     return g
+
+
+def _stream_preludes(g: Graph, chain: list[Node], first: int) -> None:
+    """The state each non-resetting population (sigma-delta: a kind with ``run_state``) has
+    when a sample reaches it in a stock run: block k runs ``k + first`` steps before its
+    window on its bias and its producer's output from before the producer's window (nothing
+    the sample changes). Stored as the population's ``<state>_init`` params."""
+    if not any(hasattr(kind_of(p), "run_state") for p in chain):
+        return
+    before = None                                  # the previous block's prelude output
+    for k, pop in enumerate(chain):
+        kind, steps = kind_of(pop), k + first
+        if kind.role != "activation":
+            break                                  # the readout: nothing after it
+        current = torch.zeros((steps, 1, *pop.shape), dtype=torch.float64)
+        if before is not None and steps > 1:       # a synapse hop: step t gets t-1's output
+            edge = incoming_edges(g, pop)[0]
+            current[1:] = tree_int_forward(g, pop.name, {edge.align or edge.producer:
+                                                         before[:steps - 1, 0]}).unsqueeze(1)
+            for node in tree_nodes(g, pop):        # a synaptic delay, the tree's last op
+                if kind_of(node).temporal:
+                    current = kind_of(node).forward_steps(node, current)
+        pop.attrs["prelude"] = steps
+        if hasattr(kind, "run_state"):
+            before, state = kind.run_state(pop, current)
+            pop.params.update({f"{name}_init": value[0].numpy() for name, value in state.items()})
+        else:
+            before = kind.simulate(pop, current, True, {})
 
 
 def _refuse_unsupported(path, layers: list[dict]) -> None:
@@ -232,13 +271,12 @@ def _refuse_unsupported(path, layers: list[dict]) -> None:
         where = f"{path}: layer {i} ({layer['type']})"
         if layer["type"] == "dense_rec":
             raise InputError(f"{where}: recurrent layers are not supported by mtdeploy")
-        if layer["type"] == "input" and "neuron" in layer:
-            raise InputError(f"{where}: an input block with a neuron (netx drives it through its "
-                             "bias) is not supported; mtdeploy reads input layers without neuron")
         if isinstance(layer.get("weight"), dict):
             raise InputError(f"{where}: complex weights are not supported by mtdeploy")
-        if "delay" in layer:
-            raise InputError(f"{where}: synaptic delays are not supported by mtdeploy")
+        neuron = layer.get("neuron", {})
+        if "sigma_output" in neuron and "bias" in layer:
+            raise InputError(f"{where}: a sigma_output layer with a bias makes netx fail (its "
+                             "Sigma process takes no bias)")
 
 
 def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], steps: int) -> Node:
@@ -250,8 +288,29 @@ def _presented_input(g: Graph, path, layers: list[dict], blocks: list[int], step
         in_shape = (int(w.reshape(w.shape[0], -1).shape[1]),)
     inp = _add_from_table(g, "input", form_for_layer("input", path), {"shape": in_shape}, [], 1,
                      "/layer/0" if layers[0]["type"] == "input" else "network input")
-    return _add_from_table(g, "align.input", form_for_part(PRESENTATION), {"steps": steps},
-                      [inp.name], steps, "the input, presented on every step")
+    shown = _add_from_table(g, "align.input", form_for_part(PRESENTATION), {"steps": steps},
+                            [inp.name], steps, "the input, presented on every step")
+    if layers[0]["type"] != "input" or "neuron" not in layers[0]:
+        return shown
+    # An input block with a neuron: netx leaves Network.inp unconnected and builds the neuron
+    # without the layer's bias (its weight/bias are the transform netx hands the data loader,
+    # net.in_layer.transform); the input is what that neuron's a_in receives every step.
+    neuron = _neuron_fields(layers[0]["neuron"])
+    transform = {k: scalar_int(layers[0][k]) for k in ("weight", "bias") if k in layers[0]}
+    g.meta["netx_input_transform"] = transform
+    return _add_from_table(g, "input.neuron", form_for_neuron(neuron, f"{path}: layer 0"),
+                           {"neuron": neuron, "bias": np.zeros(in_shape, np.int64),
+                            "shape": in_shape, "input": True}, [shown.name], steps,
+                           "/layer/0/neuron")
+
+
+def _neuron_fields(group: dict) -> dict:
+    """A neuron group's values: integers where they are integers, text and others as read."""
+    out = {}
+    for k, v in group.items():
+        as_int = None if isinstance(v, str) else scalar_int(v)
+        out[k] = v if as_int is None else as_int
+    return out
 
 
 def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, last: bool) -> Node:
@@ -261,18 +320,42 @@ def _stock_block(g: Graph, path, layer: dict, i: int, prev: Node, steps: int, la
                           [prev.name], steps, "netx flattens (x,y,z) as C,H,W")
     lin = _add_from_table(g, f"layer{i}", form_for_layer(layer["type"], path),
                      _fields(layer, path, i), [prev.name], steps, f"/layer/{i}")
-    neuron = {k: (v if k == "type" else scalar_int(v))
-              for k, v in layer.get("neuron", NETX_DEFAULT_NEURON).items()}
+    delay = _delays(layer, lin.shape, f"{path}: layer {i}")
+    if delay is not None:
+        lin = _add_from_table(g, f"layer{i}.delay", form_for_part(DELAY), {"delay": delay},
+                              [lin.name], steps, f"/layer/{i}/delay")
+    neuron = _neuron_fields(layer.get("neuron", NETX_DEFAULT_NEURON))
     bias = _bias_chw(layer, lin.shape)
     if last and _is_accumulator(neuron, bias):
         return _add_from_table(g, f"layer{i}.readout", form_for_part(READOUT), {"bias": bias},
                           [lin.name], steps, f"/layer/{i}/neuron")
-    if last and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
+    if last and "iDecay" in neuron and int(neuron["vThMant"]) >= NON_SPIKING_VTH:
         raise InputError(f"{path}: the output layer {i} never spikes and is not a non-leaky "
                          "accumulator (iDecay=4096, vDecay=0): mtdeploy cannot read it out")
     return _add_from_table(g, f"layer{i}.neuron", form_for_neuron(neuron, f"{path}: layer {i}"),
-                      {"neuron": neuron, "bias": bias, "shape": lin.shape}, [lin.name], steps,
+                      {"neuron": neuron, "bias": bias, "shape": lin.shape, "input": False},
+                      [lin.name], steps,
                       f"/layer/{i}/neuron")
+
+
+def _delays(layer: dict, out_shape: tuple[int, ...], where: str) -> np.ndarray | None:
+    """A dense layer's delays per output neuron as netx applies them (clamped to 62; a scalar
+    for every neuron), None where there are none (netx ignores a conv layer's delay)."""
+    if layer["type"] != "dense" or "delay" not in layer:
+        return None
+    d = np.asarray(layer["delay"])
+    if d.dtype.kind not in "iuf" or not np.all(np.isfinite(d)) or np.any(d < 0) \
+            or not np.all(d == np.round(d)):
+        raise InputError(f"{where}: delays must be non-negative integers")
+    d = np.clip(d, 0, DELAY_MAX).astype(np.int64)
+    n_out = int(np.prod(out_shape))
+    if d.size == 1:
+        d = np.full(n_out, int(d.reshape(-1)[0]))
+    elif d.ndim != 1 or d.size != n_out:
+        raise InputError(f"{where}: delays of shape {d.shape} are per input or per synapse; "
+                         f"mtdeploy models delays per output neuron ({n_out},), as slayer "
+                         "writes them")
+    return d.reshape(out_shape) if np.any(d) else None
 
 
 def _add_from_table(g: Graph, name: str, found: tuple[str, NetxForm], fields: dict,

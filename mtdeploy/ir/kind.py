@@ -67,6 +67,12 @@ class NodeKind:
     name: ClassVar[str]
     role: ClassVar[str] = "linear"        # source | linear | activation | readout | timing
     weighted: ClassVar[bool] = False      # has a weight tensor scaled by quantization
+    #: a population whose output per step is an integer payload (graded spike), not 0/1:
+    #: synapses reading it need message bits (sigma-delta neurons)
+    graded: ClassVar[bool] = False
+    #: a linear op across time steps (a synaptic delay): the reference applies
+    #: ``forward_steps`` to the whole window instead of ``forward_int`` to each step
+    temporal: ClassVar[bool] = False
     #: eager module types this kind is imported from (front ends match on them)
     torch_types: ClassVar[tuple[type, ...]] = ()
     description: ClassVar[str] = ""
@@ -107,6 +113,10 @@ class NodeKind:
     def forward_int(self, node: "Node", *xs: "torch.Tensor") -> "torch.Tensor":
         """Fixed-point semantics (integer-valued float64 tensors, no bias: semantics §3)."""
         return self.forward(node, *xs)
+
+    def forward_steps(self, node: "Node", x: "torch.Tensor") -> "torch.Tensor":
+        """A ``temporal`` kind's op on a time-major window (T, N, ...), both modes."""
+        raise InputError(f"{node.label()}: {self.name} is not a temporal kind")
 
     def simulate(self, node: "Node", current: "torch.Tensor", fixed_point: bool,
                  ctx: dict) -> "torch.Tensor":

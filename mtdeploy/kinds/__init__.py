@@ -1,7 +1,7 @@
 """Every node kind, one file per family; importing this package registers them all.
 
 conv (conv, conv1d), linear, pool (avgpool, avgpool1d), structure (input, flatten, add,
-batchnorm), neurons (qcfs with its IF/TPP neuron models, readout, cuba), align. The interface
+batchnorm, delay), neurons (qcfs with its IF/TPP neuron models, readout, cuba, sdnn), align. The interface
 they implement is :class:`mtdeploy.ir.kind.NodeKind`; docs/architecture.md shows how to add one.
 """
 from mtdeploy.ir.kind import KINDS, NodeKind, dims3, kind_for_module, kind_of, register

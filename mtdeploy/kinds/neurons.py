@@ -1,5 +1,6 @@
 """Populations and their neurons: ``qcfs`` (a QCFS activation, run as IF or TPP neurons),
-``readout`` (the output accumulator) and ``cuba`` (Loihi's CUBA LIF, read from NetX files).
+``readout`` (the output accumulator), ``cuba`` (Loihi's CUBA LIF) and ``sdnn`` (lava-dl's
+sigma-delta neurons, graded spikes), the last two read from NetX files.
 
 A ``qcfs`` node's ``attrs["neuron"]`` names its neuron model in :data:`NEURONS`; each model is
 defined once here with its dynamics (semantics §2 float, §3 fixed point; bit-exact with the
@@ -422,3 +423,80 @@ class CubaKind(NodeKind):
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
     """Lava's sign-magnitude decay: sign(x) * ((|x| * keep) >> 12)."""
     return torch.sign(x) * torch.floor(x.abs() * keep / DECAY_UNITY)
+
+
+# ---- sigma-delta (lava-dl SDNN) ---------------------------------------------------------
+SDNN_SPIKE_EXP = 6   # netx's spike_exp: a graded spike carries its value << 6
+SDNN_STATE_EXP = 6   # netx's state_exp: thresholds and biases are held << 6 more
+SDNN_MODES = ("delta", "sigma-delta", "sigma")
+SDNN_STATE = ("sigma", "act", "residue")   # what a window starts from (params <name>_init)
+
+
+@register
+class SigmaDeltaKind(NodeKind):
+    """A sigma-delta population as lava-dl netx builds it for an ``SDNN`` neuron group.
+
+    ``attrs["mode"]``: ``delta`` (an input layer's neuron: Lava's Delta), ``sigma-delta`` (a
+    hidden layer: SigmaDelta with ReLU, netx's only activation) or ``sigma`` (a layer with
+    ``sigma_output``: Sigma, which sends its running sum). Spikes are graded: an integer
+    payload per step, zero when silent.
+
+    netx cannot reset sigma-delta neurons: every block runs from the stream's first step, so
+    one that a sample reaches ``attrs["prelude"]`` steps later has by then integrated its bias
+    and its producers' bias-driven output. That state does not depend on the sample; the NetX
+    reader computes it (params ``sigma_init``, ``act_init``, ``residue_init``) and each window
+    starts from it, which is what a stock run shows for a sample entering a fresh network.
+    """
+
+    name = "sdnn"
+    role = "activation"
+    graded = True
+    spike_exp, state_exp, state = SDNN_SPIKE_EXP, SDNN_STATE_EXP, SDNN_STATE
+    description = ("a lava-dl sigma-delta (SDNN) population read from NetX files: graded spikes; "
+                   "bit-exact with Lava's fixed_pt Delta / SigmaDelta (ReLU) / Sigma")
+
+    def simulate(self, node, current, fixed_point, ctx):
+        """The payloads (T, N, ...) for the synaptic input ``current`` (T, N, ...), from the
+        state in ``params`` (``sigma_init``, ``act_init``, ``residue_init``; zero if absent)."""
+        init = {k: np.asarray(node.params[f"{k}_init"]) for k in SDNN_STATE
+                if f"{k}_init" in node.params}
+        return self.run_state(node, current, init)[0]
+
+    def run_state(self, node, current, init: dict | None = None):
+        """Lava's fixed_pt models step by step, in their units; -> (payloads, final state).
+
+        delta: x = a << 12; d = x - x_prev + r. sigma-delta: sigma += a; x = relu(sigma +
+        (bias << 12)); d = x - x_prev + r. Both send s = d where |d| >= vThMant << 12 (else 0)
+        as s >> 6 and keep r = d - s. sigma: sends sigma += a. ``init`` maps ``sigma``,
+        ``act``, ``residue`` to per-neuron starting values (Lava's scaled units).
+        """
+        a = current.to(torch.float64)
+        mode = node.attrs["mode"]
+        out = torch.empty_like(a)
+        state = {k: torch.as_tensor(np.asarray((init or {}).get(k, 0.0), np.float64),
+                                    dtype=a.dtype, device=a.device).expand(a.shape[1:]).clone()
+                 for k in SDNN_STATE}
+        sigma, act, residue = (state[k] for k in SDNN_STATE)
+        scale = float(2 ** (SDNN_SPIKE_EXP + SDNN_STATE_EXP))
+        vth = float(int(node.attrs.get("vThMant", 0))) * scale
+        bias = torch.as_tensor(np.asarray(node.params["bias_mant"]), dtype=a.dtype,
+                               device=a.device) * scale
+        for t in range(a.shape[0]):
+            if mode == "sigma":
+                sigma = sigma + a[t]
+                out[t] = sigma
+                continue
+            if mode == "delta":
+                x = a[t] * scale
+            else:
+                sigma = sigma + a[t]
+                x = torch.clamp(sigma + bias, min=0.0)
+            delta = x - act + residue
+            s = torch.where(delta.abs() >= vth, delta, torch.zeros_like(delta))
+            residue, act = delta - s, x
+            out[t] = torch.floor(s / float(2 ** SDNN_STATE_EXP))
+        return out, {"sigma": sigma, "act": act, "residue": residue}
+
+    def closed_form(self, node, current_int):
+        raise InputError(f"{node.label()}: a sigma-delta population has no closed form; "
+                         "simulate it")

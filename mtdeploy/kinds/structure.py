@@ -4,6 +4,7 @@ linear layer before it, so it never reaches the SNN)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -115,3 +116,35 @@ class BatchNormKind(NodeKind):
         return F.batch_norm(x, to_tensor(p["running_mean"], x), to_tensor(p["running_var"], x),
                             to_tensor(p["weight"], x), to_tensor(p["bias"], x), False, 0.0,
                             node.attrs["eps"])
+
+
+@register
+class DelayKind(NodeKind):
+    """A synaptic delay per output neuron of a projection (a NetX dense layer's ``delay``, as
+    lava-dl netx applies it to the synapses into each neuron): the current of window step k is
+    the undelayed current of step k - d (zero before the window). Nothing crosses the window's
+    end: what would arrive after it is dropped, so each sample's window stays its own (stock
+    netx delivers it into the next sample's window instead)."""
+
+    name = "delay"
+    temporal = True
+    description = ("synaptic delay per neuron within the window (NetX dense 'delay'), "
+                   "params delay (integer steps, the input's shape)")
+
+    def infer_shape(self, node, in_shapes):
+        d = np.asarray(node.params["delay"])
+        if tuple(d.shape) != tuple(in_shapes[0]):
+            raise InputError(f"{node.label()}: delay of shape {d.shape} does not match its "
+                             f"input {tuple(in_shapes[0])}")
+        if d.size and (d.min() < 0 or not np.all(d == np.round(d))):
+            raise InputError(f"{node.label()}: delays must be non-negative integers")
+        return in_shapes[0]
+
+    def forward_steps(self, node, x):
+        """out[k, ..., i] = x[k - d_i, ..., i] for k >= d_i, else 0 (time-major)."""
+        d = torch.as_tensor(np.asarray(node.params["delay"], np.int64), device=x.device)
+        steps = x.shape[0]
+        k = torch.arange(steps, device=x.device).view(steps, *([1] * (x.dim() - 1)))
+        src = (k - d.unsqueeze(0).unsqueeze(0)).expand(steps, *x.shape[1:])
+        gathered = torch.gather(x.contiguous(), 0, src.clamp(min=0))
+        return torch.where(src >= 0, gathered, torch.zeros_like(gathered))

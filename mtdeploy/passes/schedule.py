@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
+
 from mtdeploy.ir.graph import Graph
 from mtdeploy.ir.kind import kind_of
-from mtdeploy.ir.snn import incoming_edges, is_readout, is_source, populations
+from mtdeploy.ir.snn import incoming_edges, is_readout, is_source, populations, tree_nodes
 
 
 def windows(order: Iterable[str], edges: Callable[[str], list[tuple]],
@@ -80,13 +82,22 @@ def schedule(graph: Graph, hop_steps: int = 1) -> dict:
                                "to": pop.name, "t_in": a["t_in"], "t_out": a["t_out"]})
         layers.append({"name": pop.name, "kind": pop.kind, "neuron": pop.attrs.get("neuron"),
                        "T": pop.T, "window": list(wins[pop.name]), "origin": pop.origin,
-                       "producers": sorted({e.producer for e in edges[pop.name]})})
+                       "producers": sorted({e.producer for e in edges[pop.name]}),
+                       "synaptic_delay": synaptic_delay(graph, pop)})
     spiking = [int(p.T) for p in pops if not (is_source(p) or is_readout(p))]
     lat = latency(wins, spiking, graph.output,
                   [w[1] - w[0] for n, w in wins.items() if not is_source(graph[n])], hop_steps)
     total = wins[graph.output][1]
     graph.meta["schedule"] = {"hop_steps": hop_steps, "total_steps": total}
     return {"layers": layers, "alignment": aligns, "latency": lat, "total_steps": total}
+
+
+def synaptic_delay(graph: Graph, pop) -> int:
+    """The longest synaptic delay (steps) on ``pop``'s inputs: a delayed current arrives that
+    much later inside the population's window, on top of the hop; what would arrive after the
+    window is dropped (mtdeploy.kinds.structure.DelayKind), so the window does not move."""
+    return max((int(np.max(n.params["delay"], initial=0)) for n in tree_nodes(graph, pop)
+                if kind_of(n).temporal), default=0)
 
 
 def scheduled(graph: Graph) -> dict:

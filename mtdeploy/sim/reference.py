@@ -14,7 +14,7 @@ with the number of samples.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -125,7 +125,9 @@ class _Batch:
                 self.values[node.name] = self._align(node, kind)
             elif kind.role == "linear":
                 xs = [self.values[i].to(plan.dtypes[node.name]) for i in node.inputs]
-                y = _linear(node, _apply_gains(node, xs, plan.fixed), plan.fixed)
+                xs = _apply_gains(node, xs, plan.fixed)
+                y = kind.forward_steps(node, xs[0]) if kind.temporal else \
+                    _linear(node, xs, plan.fixed)
                 self.values[node.name] = torch.round(y) if plan.round_currents else y
             else:
                 self._population(node, kind)
@@ -303,6 +305,19 @@ def simulate(graph: Graph, x, mode: str = "float", seed: int | None = None,
         if progress is not None:
             progress(b.start + b.output.shape[0], run.n)
     return collect.result
+
+
+def population_steps(graph: Graph, x, mode: str = "fixed", seed: int | None = None) -> dict:
+    """Every population's per-step output ``{name: (T, N, *shape)}`` (spikes, or graded
+    payloads), one batch with nothing freed: for comparing small runs step for step with
+    another simulator (stock netx), not for large ones."""
+    run = prepare(graph, x, mode, seed, True)
+    plan = replace(run.plan, last_use={}, keep_steps={k: True for k in run.plan.keep_steps})
+    batch = _Batch(plan, run.seed, 0, run.n, True)
+    with torch.no_grad():
+        batch.run(torch.as_tensor(np.asarray(run.x), dtype=torch.float64))
+    return {node.name: batch.values[node.name].cpu().numpy() for node in graph
+            if kind_of(node).role in ("activation", "readout") and node.name in batch.values}
 
 
 def tree_int_forward(graph: Graph, pop_name: str, edge_inputs: dict[str, torch.Tensor]) -> torch.Tensor:

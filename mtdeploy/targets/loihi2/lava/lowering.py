@@ -27,14 +27,15 @@ from mtdeploy.kinds import neuron_of
 from mtdeploy.targets.loihi2.lava.layout import lava_shape
 from mtdeploy.targets.loihi2.lava.neurons import (NEURON_MODELS, POPULATION_KINDS, neuron_process,
                                                   processes_of)
-from mtdeploy.targets.loihi2.lava.procs.process import DelayLine, Readout, SampleSource
+from mtdeploy.targets.loihi2.lava.procs.process import (DelayLine, Readout, SampleSource,
+                                                         WindowDelay)
 from mtdeploy.targets.loihi2.lava.synapses import (SynapseInfo, Wire, connect_synapses,
                                                    plan_synapses)
 from mtdeploy.targets.loihi2.lava.stages import (COUNT_STAGES, count_stage, count_windows,
                                                   counts_max, tail_entry)
 from mtdeploy.targets.loihi2.lava.tables import Build
-from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, samples_in_flight, stream_delay,
-                                             timing_process)
+from mtdeploy.targets.loihi2.lava.timing import (ALIGN_METHODS, delayed_input, samples_in_flight,
+                                                 stream_delay, synaptic_delays, timing_process)
 
 
 @dataclass
@@ -110,8 +111,11 @@ def _lower_population(build: Build, pop: Node, out_ports: dict[str, Any]) -> tup
     info = _layer_info(build, pop)
     neuron = neuron_process(build, pop)
     info.processes.update(type(proc).__name__ for proc in processes_of(neuron))
+    target = delayed_input(build, pop, neuron)      # the neuron, or its synaptic delays
+    if target is not neuron:
+        info.processes[type(target.delays).__name__] += 1
     for key, edges in _edge_groups(build.graph, pop).items():
-        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, neuron, info.processes))
+        info.edges.append(_lower_edge(build, pop, key, edges, out_ports, target, info.processes))
     return neuron, info
 
 
@@ -190,6 +194,8 @@ def plan_layers(build: Build) -> dict[str, LayerInfo]:
             continue
         info = layers[pop.name] = _layer_info(build, pop)
         info.processes[_neuron_process_name(pop)] += 1
+        if synaptic_delays(build, pop) is not None:
+            info.processes[WindowDelay.__name__] += 1
         for key, edges in _edge_groups(build.graph, pop).items():
             edge = edges[0]
             head = count_stage(build, pop, edge)
@@ -230,7 +236,9 @@ def _returned(builder) -> str | None:
 def _neuron_process_name(pop: Node) -> str:
     """The class :func:`neuron_process` builds for ``pop``; a population kind whose builder
     names none picks its process by neuron model."""
-    name = _returned(POPULATION_KINDS.of(pop.kind, pop))
+    builder = POPULATION_KINDS.of(pop.kind, pop)
+    namer = getattr(builder, "process_name", None)     # a builder whose process varies
+    name = namer(pop) if namer is not None else _returned(builder)
     return name or _returned(NEURON_MODELS.of(neuron_of(pop).name, pop))
 
 

@@ -14,10 +14,12 @@ from lava.proc.lif.process import LIFReset
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
+from mtdeploy.ir.kind import kind_of
 from mtdeploy.kinds import neuron_of
 from mtdeploy.kinds.neurons import ACT_SHIFT, int_thresholds, unit_shaped
 from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava, to_lava
-from mtdeploy.targets.loihi2.lava.procs.process import IFNeuron, Readout, TPPNeuron
+from mtdeploy.targets.loihi2.lava.procs.process import (DeltaReset, IFNeuron, Readout,
+                                                         SigmaDeltaReset, SigmaReset, TPPNeuron)
 from mtdeploy.targets.loihi2.lava.projection import tree_float_forward
 from mtdeploy.targets.loihi2.lava.tables import Build, BuilderTable
 
@@ -91,25 +93,70 @@ def _cuba(build: Build, pop: Node) -> LIFReset:
     previous sample's state) arrives before the consumer's reset. The Readout only sums its
     own window, and counts (when recorded) come from a Readout over this population's window.
     """
-    if not build.fixed_point:
-        raise InputError(f"{pop.label()}: a CUBA population (a NetX file's LIF neurons) runs "
-                         "on Lava in fixed point only: Lava's floating-point LIF is a different "
-                         "model (real-valued decays, no 2^6 scaling); run it with fixed_point="
-                         "True (simulate --fixed-point)")
+    _fixed_point_only(build, pop, "a CUBA population (a NetX file's LIF neurons)",
+                      "Lava's floating-point LIF is a different model (real-valued decays, no "
+                      "2^6 scaling)")
     a = pop.attrs
-    start, _ = build.window(pop)
     lif = LIFReset(shape=lava_shape(pop.shape), du=int(a["iDecay"]) - 1, dv=int(a["vDecay"]),
                    vth=int(a["vThMant"]), bias_exp=ACT_SHIFT,
                    bias_mant=one_to_lava(np.asarray(pop.params["bias_mant"], np.int64),
                                          pop.shape),
-                   reset_interval=build.period, reset_offset=(start + 1) % build.period,
-                   name=_name(pop))
+                   **_window_reset(build, pop), name=_name(pop))
+    return _counted(build, pop, lif)
+
+
+def _fixed_point_only(build: Build, pop: Node, what: str, why: str) -> None:
+    if not build.fixed_point:
+        raise InputError(f"{pop.label()}: {what} runs on Lava in fixed point only: {why}; run "
+                         "it with fixed_point=True (simulate --fixed-point)")
+
+
+def _window_reset(build: Build, pop: Node) -> dict:
+    """Reset to rest at the first step of ``pop``'s window in every sample period (Lava's
+    time steps count from 1)."""
+    start, _ = build.window(pop)
+    return {"reset_interval": build.period, "reset_offset": (start + 1) % build.period}
+
+
+def _counted(build: Build, pop: Node, proc):
+    """``proc`` alone, or with a Readout summing its output over its window when the build
+    records counts (spikes, or graded payloads)."""
     if not build.record_counts:
-        return lif
+        return proc
     counter = Readout(shape=lava_shape(pop.shape), bias=0, window=build.window(pop),
                       period=build.period, n_samples=build.n_samples, name=f"{_name(pop)}:counts")
-    lif.s_out.connect(counter.a_in)
-    return CountedPopulation(lif, counter)
+    proc.s_out.connect(counter.a_in)
+    return CountedPopulation(proc, counter)
+
+
+#: sigma-delta mode (mtdeploy.kinds.neurons.SDNN_MODES) -> the Lava process netx builds for it
+SDNN_PROCESSES: dict[str, type] = {"delta": DeltaReset, "sigma-delta": SigmaDeltaReset,
+                                   "sigma": SigmaReset}
+
+
+@POPULATION_KINDS.register("sdnn")
+def _sigma_delta(build: Build, pop: Node):
+    """Lava's Delta / SigmaDelta / Sigma as lava-dl netx builds an SDNN layer (vth = vThMant,
+    spike_exp = state_exp = 6, the layer's bias), set where each window opens to the state the
+    population starts its window from (mtdeploy.kinds.neurons.SigmaDeltaKind)."""
+    _fixed_point_only(build, pop, "a sigma-delta population (a NetX file's SDNN neurons)",
+                      "lava-dl's SDNN layers are fixed-point models")
+    mode = pop.attrs["mode"]
+    if mode not in SDNN_PROCESSES:
+        raise InputError(f"{pop.label()}: sigma-delta mode {mode!r} has no Lava process")
+    kind = kind_of(pop)
+    init = {name: one_to_lava(np.asarray(pop.params[f"{name}_init"], np.int64), pop.shape)
+            for name in kind.state if f"{name}_init" in pop.params}
+    kwargs = {"shape": lava_shape(pop.shape), "init": init, **_window_reset(build, pop)}
+    if mode != "sigma":
+        kwargs.update(vth=int(pop.attrs["vThMant"]), spike_exp=kind.spike_exp,
+                      state_exp=kind.state_exp)
+    if mode == "sigma-delta":
+        kwargs["bias"] = one_to_lava(np.asarray(pop.params["bias_mant"], np.int64), pop.shape)
+    return _counted(build, pop, SDNN_PROCESSES[mode](**kwargs))
+
+
+_sigma_delta.process_name = lambda pop: SDNN_PROCESSES[pop.attrs["mode"]].__name__
 
 
 @NEURON_MODELS.register("if")

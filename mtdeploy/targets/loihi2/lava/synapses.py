@@ -39,6 +39,7 @@ from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
 from mtdeploy.ir.kind import dims3
 from mtdeploy.ir.snn import is_source
+from mtdeploy.kinds import kind_of
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.passes.quantize import mantissa_bits
 from mtdeploy.targets.fanin import block_bounds
@@ -83,8 +84,9 @@ class Wire:
     counts_max: int = 0     # > 0: graded spike counts up to this (behind a counts stage)
 
     def message_bits(self, build: Build) -> int:
-        """0 for binary spikes; the quantized input width for the graded input or counts."""
-        if self.counts_max:
+        """0 for binary spikes; the quantized input width for the graded input or counts; the
+        full graded width for a population with graded spikes (sigma-delta)."""
+        if self.counts_max or kind_of(self.producer).graded:
             return GRADED_BITS
         if not is_source(self.producer):
             return 0
@@ -208,9 +210,14 @@ def _conv_weights(build: Build, key: str, conv: Node) -> np.ndarray:
 
 def _conv_worst_output(build: Build, wire: Wire, w: np.ndarray) -> float:
     """The largest |output| a fixed-point conv can produce: a kernel's |weights| summed times
-    the largest input (a spike, a count, or the graded input's largest integer)."""
-    in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1 if is_source(wire.producer) \
-        else max(1, wire.counts_max)
+    the largest input (a spike, a count, or a graded input's or graded spike's largest
+    integer)."""
+    if kind_of(wire.producer).graded:
+        in_max = 2 ** (GRADED_BITS - 1) - 1
+    elif is_source(wire.producer):
+        in_max = 2 ** (build.graph.meta["input_bits"] - 1) - 1
+    else:
+        in_max = max(1, wire.counts_max)
     return np.abs(w).reshape(w.shape[0], -1).sum(1).max() * in_max
 
 

@@ -6,15 +6,19 @@ Both sit after the edge's synapse, which delivers one hop (``hop_steps``) late.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.graph import Node
-from mtdeploy.ir.snn import Edge
+import numpy as np
+
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import Edge, incoming_edges, tree_nodes
 from mtdeploy.passes.schedule import edge_hops
-from mtdeploy.targets.loihi2.lava.layout import lava_shape
+from mtdeploy.targets.loihi2.lava.layout import lava_shape, one_to_lava
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
-                                                         in_flight)
+                                                         WindowDelay, in_flight)
 from mtdeploy.targets.loihi2.lava.tables import Build, BuilderTable
 
 #: (build, align node, first input step, first output step, Lava shape) -> the align process
@@ -85,3 +89,45 @@ def timing_process(build: Build, pop: Node, edge: Edge, key: str) -> tuple[Any |
     if not delay:
         return None, 0
     return DelayLine(shape=shape, delay=delay, name=f"{pop.name}<-{key}:delay"), delay
+
+
+def synaptic_delays(build: Build, pop: Node) -> Node | None:
+    """The delay node (a ``temporal`` kind) of ``pop``'s tree, if any: it must feed ``pop``
+    directly on its only edge, so delaying the edge's whole current is the same."""
+    graph = build.graph
+    delays = [n for n in tree_nodes(graph, pop) if kind_of(n).temporal]
+    if not delays:
+        return None
+    if len(delays) > 1 or len(incoming_edges(graph, pop)) != 1 \
+            or pop.inputs != [delays[0].name]:
+        raise InputError(f"{pop.label()}: synaptic delays are lowered to Lava only as the last "
+                         "op of a population's only input")
+    return delays[0]
+
+
+@dataclass(frozen=True)
+class DelayedInput:
+    """A population's input side when its input has synaptic delays: edges connect to the
+    WindowDelay's ``a_in``, which feeds the neuron process."""
+
+    delays: WindowDelay
+    neuron: Any
+
+    @property
+    def a_in(self):
+        return self.delays.a_in
+
+
+def delayed_input(build: Build, pop: Node, neuron):
+    """What ``pop``'s edges connect to: ``neuron``, or a WindowDelay in front of it (after the
+    edge's synapse and align process) where its input has synaptic delays."""
+    node = synaptic_delays(build, pop)
+    if node is None:
+        return neuron
+    delays = WindowDelay(shape=lava_shape(pop.shape),
+                         delays=one_to_lava(np.asarray(node.params["delay"], np.int64),
+                                            pop.shape),
+                         window=build.window(pop), period=build.period,
+                         name=f"{node.name}:delay")
+    delays.a_out.connect(neuron.a_in)
+    return DelayedInput(delays, neuron)

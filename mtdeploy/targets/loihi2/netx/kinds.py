@@ -22,6 +22,7 @@ from mtdeploy.targets.loihi2.netx.neurons import cuba_neuron, if_as_cuba, readou
 # The parts of a stock run a kind can stand for (NetxForm.part).
 PRESENTATION = "presentation"   # netx feeds the input on every step of a window
 READOUT = "readout"             # the output: a layer that cannot fire (its voltage), or spike rates
+DELAY = "delay"                 # a dense layer's synaptic delays (read only: never written)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,16 @@ def _read_cuba(fields):
     return attrs, {"bias_mant": bias, "bias_int": np.zeros(fields["shape"], np.int64)}
 
 
+def _read_sdnn(fields):
+    """An SDNN group as netx builds it: Delta for an input layer, Sigma for a layer with
+    ``sigma_output``, else SigmaDelta (ReLU, netx's only activation) with the layer's bias."""
+    n = fields["neuron"]
+    mode = "delta" if fields.get("input") else "sigma" if "sigma_output" in n else "sigma-delta"
+    bias = np.broadcast_to(np.asarray(fields.get("bias", 0), np.int64), fields["shape"]).copy()
+    return ({"mode": mode, "vThMant": int(n.get("vThMant") or 0)},
+            {"bias_mant": bias, "bias_int": np.zeros(fields["shape"], np.int64)})
+
+
 def _read_readout(fields):
     # a stock file carries no output scale: the logits stay in the file's integer units
     return {"exp": 0}, {"bias_int": fields["bias"]}
@@ -101,7 +112,10 @@ NETX_FORMS: dict[str, NetxForm] = {
         {"method": "avg-repeat", "t_in": 1, "t_out": int(f["steps"])}, {})),
     "qcfs": NetxForm(neuron=if_as_cuba),
     "readout": NetxForm(part=READOUT, read=_read_readout, neuron=readout_as_cuba),
+    "delay": NetxForm(part=DELAY, read=lambda f: ({}, {"delay": f["delay"]})),
     "cuba": NetxForm(neuron_types=("CUBA", "LOIHI"), read=_read_cuba, neuron=_cuba_as_cuba),
+    # read only: mtdeploy writes no SDNN layers, so such a network is built extension-only
+    "sdnn": NetxForm(neuron_types=("SDNN",), read=_read_sdnn),
 }
 
 
@@ -122,7 +136,7 @@ def form_for_neuron(neuron: dict, where: str) -> tuple[str, NetxForm]:
     found = _first(lambda form: neuron.get("type") in form.neuron_types)
     if found is None:
         raise InputError(f"{where}: neuron type {neuron.get('type')!r} is not supported by "
-                         "mtdeploy (it reads CUBA neurons)")
+                         "mtdeploy (it reads CUBA, LOIHI and SDNN neurons)")
     return found
 
 

@@ -20,7 +20,7 @@ from mtdeploy.errors import DoesNotFitError, InputError
 from mtdeploy.findings import Finding, errors
 from mtdeploy.ir.graph import Graph, Node
 from mtdeploy.ir.kind import kind_of
-from mtdeploy.ir.snn import incoming_edges, is_alignment, populations, tree_nodes
+from mtdeploy.ir.snn import incoming_edges, is_alignment, is_source, populations, tree_nodes
 from mtdeploy.kinds.align import float_gain
 from mtdeploy.kinds.neurons import CHANNEL_UNIT
 from mtdeploy.passes.quantize import per_layer_copy
@@ -183,6 +183,16 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
         neuron, bias, exact = neuron_group(pop, drive, steps)
     except InputError as exc:
         return Finding("structure", pop.label(), str(exc))
+    if is_source(graph[edge.producer]) and all(is_alignment(n) for n in tree_nodes(graph, pop)):
+        # (its layer would be an identity matrix over the whole input: 39,600^2 for PilotNet)
+        return Finding("structure", pop.label(), "a population fed the input directly (a NetX "
+                       "input block with a neuron) has no layer mtdeploy writes: its input "
+                       "layers carry no neuron")
+    delayed = [n.name for n in tree_nodes(graph, pop) if kind_of(n).temporal]
+    if delayed:
+        return Finding("structure", pop.label(), f"synaptic delays ({', '.join(delayed)}): "
+                       "mtdeploy writes no NetX delays, and its window semantics (nothing "
+                       "delayed past a window) differ from a stock stream")
     if not layers:
         return {}
     key = edge.align or edge.producer

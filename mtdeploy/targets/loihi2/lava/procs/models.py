@@ -14,12 +14,14 @@ from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.sdn.models import AbstractDeltaModel, AbstractSigmaDeltaModel, AbstractSigmaModel
 
 from mtdeploy.kinds import rng
 from mtdeploy.targets.loihi2.lava.procs.process import (AlignAvgRepeat, AlignTTM, DelayLine,
-                                                         IFNeuron, MaxPool, PartialSum,
-                                                         Readout,
-                                                         SampleSource, TPPNeuron)
+                                                         DeltaReset, IFNeuron, MaxPool,
+                                                         PartialSum, Readout, SampleSource,
+                                                         SigmaDeltaReset, SigmaReset, TPPNeuron,
+                                                         WindowDelay)
 
 STATE_MIN, STATE_MAX = -(2 ** 23), 2 ** 23 - 1   # 24-bit membrane (semantics §3)
 I64 = np.int64
@@ -227,6 +229,27 @@ class _MaxPoolBase(PyLoihiProcessModel):
 _models(MaxPool, _MaxPoolBase, {"a_in": ("in", 32), "a_out": ("out", 32)})
 
 
+class _WindowDelayBase(_Clocked):
+    def run_spk(self):
+        a = self.a_in.recv()
+        p = self.proc_params
+        now = self.active(p["start"], p["end"] - p["start"])
+        if now is None:
+            self.a_out.send(np.zeros_like(a))
+            return
+        k, _ = now
+        if k == 0:
+            self.history[:] = 0
+        self.history[k] = a
+        src = k - self.delays
+        past = np.take_along_axis(self.history, np.clip(src, 0, None)[None], 0)[0]
+        self.a_out.send(np.where(src >= 0, past, 0))
+
+
+_models(WindowDelay, _WindowDelayBase, {"a_in": ("in", 32), "a_out": ("out", 32),
+                                        "delays": ("var", I64, 8), "history": ("var", 32)})
+
+
 # ---- readout ------------------------------------------------------------------------------
 class _ReadoutBase(_Clocked):
     def run_spk(self):
@@ -244,3 +267,66 @@ class _ReadoutBase(_Clocked):
 
 _models(Readout, _ReadoutBase, {"a_in": ("in", 32), "acc": ("var", 32), "bias": ("var", 24),
                                "result": ("var", 32)})
+
+
+# ---- lava-dl's sigma-delta neurons with a window reset ---------------------------------------
+# Lava's own fixed_pt dynamics (inherited from its abstract models; the state types are those
+# of lava.proc.sdn.models' fixed models); only the reset where a window opens is added.
+def _reset_due(model) -> bool:
+    p = model.proc_params
+    return model.time_step % p["reset_interval"] == p["reset_offset"]
+
+
+def _sdn_state(*names: str, bias: bool = False, init: tuple[str, ...] = ()) -> dict:
+    state = {n: LavaPyType(np.ndarray, np.int32, precision=24)
+             for n in names + tuple(f"{i}_init" for i in init)}
+    state.update({"spike_exp": LavaPyType(np.ndarray, np.int32, precision=3),
+                  "state_exp": LavaPyType(np.ndarray, np.int32, precision=3),
+                  "cum_error": LavaPyType(np.ndarray, bool, precision=1)})
+    if bias:
+        state["bias"] = LavaPyType(np.ndarray, np.int32, precision=16)
+    return state
+
+
+_SDN_PORTS = {"a_in": LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24),
+              "s_out": LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)}
+
+
+class _DeltaResetBase(AbstractDeltaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.act[:], self.residue[:], self.error[:] = self.act_init, self.residue_init, 0
+        a_in = np.left_shift(self.a_in.recv(), self.spike_exp + self.state_exp)
+        s_out = np.right_shift(self.delta_dynamics(a_in), self.state_exp)
+        self.act = a_in
+        self.s_out.send(s_out)
+
+
+class _SigmaDeltaResetBase(AbstractSigmaDeltaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.sigma[:], self.act[:] = self.sigma_init, self.act_init
+            self.residue[:], self.error[:] = self.residue_init, 0
+        a_in = self.a_in.recv()
+        self.s_out.send(np.right_shift(self.dynamics(a_in), self.state_exp))
+
+
+class _SigmaResetBase(AbstractSigmaModel):
+    def run_spk(self):
+        if _reset_due(self):
+            self.sigma[:] = self.sigma_init
+        super().run_spk()
+
+
+for _proc, _base, _state in (
+        (DeltaReset, _DeltaResetBase,
+         _sdn_state("vth", "sigma", "act", "residue", "error", init=("act", "residue"))),
+        (SigmaDeltaReset, _SigmaDeltaResetBase,
+         _sdn_state("vth", "sigma", "act", "residue", "error", bias=True,
+                    init=("sigma", "act", "residue"))),
+        (SigmaReset, _SigmaResetBase,
+         {n: LavaPyType(np.ndarray, np.int32, precision=24) for n in ("sigma", "sigma_init")})):
+    _cls = type(f"Py{_proc.__name__}Fixed", (_base,),
+                {"__module__": __name__, **_SDN_PORTS, **_state})
+    globals()[_cls.__name__] = implements(proc=_proc, protocol=LoihiProtocol)(
+        requires(CPU)(tag("fixed_pt")(_cls)))

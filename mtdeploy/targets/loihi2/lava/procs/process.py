@@ -26,6 +26,7 @@ import numpy as np
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
+from lava.proc.sdn.process import Delta, Sigma, SigmaDelta
 
 
 def _window(window, period: int | None = None) -> tuple[int, int]:
@@ -226,3 +227,61 @@ class Readout(AbstractProcess):
         self.acc = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=np.broadcast_to(np.asarray(bias), shape).copy())
         self.result = Var(shape=(max(1, int(n_samples)), *shape), init=0)
+
+
+class WindowDelay(AbstractProcess):
+    """Synaptic delays per neuron inside a window (a NetX dense layer's ``delay``): at window
+    step k it sends what it received at step k - d (zero before the window); it sends zeros
+    outside the window, so nothing delayed past a window reaches another sample's."""
+
+    def __init__(self, *, shape, delays, window, period: int, name: str | None = None):
+        shape = tuple(int(s) for s in shape)
+        start, end = _window(window, period)
+        delays = np.asarray(delays, np.int64)
+        if delays.shape != shape or (delays.size and delays.min() < 0):
+            raise ValueError(f"delays must be non-negative, of shape {shape}")
+        super().__init__(shape=shape, start=start, end=end, period=int(period), name=name)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+        self.delays = Var(shape=shape, init=delays)
+        self.history = Var(shape=(end - start, *shape), init=0)
+
+
+# ---- lava-dl's sigma-delta neurons, cleared at every window start ---------------------------
+def _reset_at(proc: AbstractProcess, reset_interval: int, reset_offset: int, init,
+              names: tuple[str, ...]) -> None:
+    """Lava's sigma-delta processes have no reset (netx runs them as one stream); a sample run
+    needs their state set where each window opens, as LIFReset does for LIF: at the Lava time
+    step t with t % reset_interval == reset_offset, to ``init[name]`` (per neuron; zero where
+    absent), what a stock stream holds when a sample reaches the block."""
+    proc.proc_params["reset_interval"] = int(reset_interval)
+    proc.proc_params["reset_offset"] = int(reset_offset) % int(reset_interval)
+    shape = proc.proc_params["shape"]
+    for name in names:
+        value = np.broadcast_to(np.asarray((init or {}).get(name, 0), np.int64), shape)
+        setattr(proc, f"{name}_init", Var(shape=shape, init=value.copy()))
+
+
+class DeltaReset(Delta):
+    """Lava's Delta encoder (a lava-dl SDNN input layer), reset at each window start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, init=None, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset, init, ("act", "residue"))
+
+
+class SigmaDeltaReset(SigmaDelta):
+    """Lava's SigmaDelta neuron (a lava-dl SDNN layer), reset at each window start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, init=None, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset, init, ("sigma", "act", "residue"))
+
+
+class SigmaReset(Sigma):
+    """Lava's Sigma decoder (a lava-dl SDNN ``sigma_output`` layer), reset at each window
+    start."""
+
+    def __init__(self, *, reset_interval: int, reset_offset: int, init=None, **kwargs):
+        super().__init__(**kwargs)
+        _reset_at(self, reset_interval, reset_offset, init, ("sigma",))
