@@ -227,7 +227,9 @@ def _cli(row: dict, what: str, argv: list[str]) -> bool:
 
 
 def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
+    """The error's type and its first two lines (a refusal's headline and first reason)."""
+    lines = str(exc).strip().splitlines()[:2]
+    return f"{type(exc).__name__}: {' '.join(line.strip() for line in lines)[:300]}"
 
 
 def _mark(v) -> str:
