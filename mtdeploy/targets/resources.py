@@ -58,7 +58,8 @@ class Synapses:
     weighted: list[str] = field(default_factory=list)   # labels of weighted ops on the paths
     delay: int = 0
     #: per_dim_factors by consumer shape: the partitioner asks thousands of times per layer
-    _factors: dict = field(default_factory=dict, repr=False, compare=False)
+    #: (not an init field, so dataclasses.replace gives a copy with other boxes its own cache)
+    _factors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def lengths(self) -> list[np.ndarray]:
         return [np.maximum(h - l, 0) for l, h in zip(self.lo, self.hi)]
