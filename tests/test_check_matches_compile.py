@@ -20,8 +20,11 @@ def test_check_reports_the_budget_compile_builds(request, tmp_path, fixture):
     with contextlib.redirect_stdout(out):
         assert main(["check", str(path), "--target", "loihi2", "--json"]) == 0
     checked = json.loads(out.getvalue())["totals"]
-    with contextlib.redirect_stdout(io.StringIO()):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         assert main(["compile", str(path), "--target", "loihi2", "-o", str(tmp_path / "b")]) == 0
     built = json.loads((tmp_path / "b" / "report.json").read_text())["budget"]["totals"]
     for key in ("cores", "chips", "synapses", "synaptic_memory_bytes", "neurons"):
         assert checked[key] == built[key], key
+    # and compile prints the core count check prints
+    assert f"  {checked['cores']} cores on {checked['chips']} chip(s) of loihi2\n" in printed.getvalue()
