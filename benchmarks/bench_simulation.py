@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
@@ -61,9 +62,9 @@ SJ = "SpikingJelly multi-step IF (float32)"
 
 
 def digits_cnn(levels: int = T) -> nn.Module:
-    spec = __import__("importlib.util").util.spec_from_file_location(
-        "digits_train", ROOT / "examples/digits/train.py")
-    module = __import__("importlib.util").util.module_from_spec(spec)
+    """The digits example's CNN (examples/digits/train.py), every layer at ``levels``."""
+    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "examples/digits/train.py")
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_model([levels] * 4)
 
@@ -159,8 +160,9 @@ def speed_rows(name: str, n: int, batch: int):
                                 keep_counts=False, precision=precision)
 
     ann64 = copy.deepcopy(ann).double()
-    rows = {ANN: run_ann_fn(ann, x, batch),
-            "ANN x1 (torch float64)": run_ann_fn(ann64, x.double(), batch),
+    x64 = x.double()
+    rows = {ANN: lambda: run_ann(ann, x, batch),
+            "ANN x1 (torch float64)": lambda: run_ann(ann64, x64, batch),
             "mtdeploy avg-repeat float32": sim("avg-repeat", "float", "float32"),
             "mtdeploy avg-repeat float64": sim("avg-repeat", "float"),
             "mtdeploy avg-repeat fixed point": sim("avg-repeat", "fixed"),
@@ -171,10 +173,6 @@ def speed_rows(name: str, n: int, batch: int):
     if sj is not None:
         rows[SJ] = lambda: run_spikingjelly(sj, x, T, batch)
     return rows
-
-
-def run_ann_fn(ann, x, batch):
-    return lambda: run_ann(ann, x, batch)
 
 
 def time_rows(rows: dict, repeat: int) -> dict[str, dict[str, float]]:
