@@ -367,25 +367,34 @@ def gain_on(node: Node, src: str) -> int:
 def probed_matrix(tree, in_shape, n_out: int, widest: int = 0,
                   chunk_entries: int = 2 ** 22) -> sp.csr_matrix:
     """A linear ``tree`` (batch-first, (N, *in_shape) -> (N, ...n_out values)) as a matrix
-    (out, in) in CHW order, probed in chunks whose largest tensor (``widest`` values per
-    probe at least) holds about ``chunk_entries`` values: basis inputs through the tree (a
-    column each) or, with fewer outputs than inputs, basis outputs back through it by reverse
-    mode (a row each), so a pool -> linear readout of a large map costs one pass per class."""
+    (out, in) in CHW order, from :func:`probed_blocks`."""
+    rows, cols, vals = [], [], []
+    for i, j, v in probed_blocks(tree, in_shape, n_out, widest, chunk_entries):
+        rows.append(i)
+        cols.append(j)
+        vals.append(v)
+    n_in = int(np.prod(in_shape))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(n_out, n_in))
+
+
+def probed_blocks(tree, in_shape, n_out: int, widest: int = 0, chunk_entries: int = 2 ** 22):
+    """The non-zeros (rows, cols, values) of a linear ``tree``'s matrix, a block at a time,
+    probed in chunks whose largest tensor (``widest`` values per probe at least) holds about
+    ``chunk_entries`` values: basis inputs through the tree (a column each) or, with fewer
+    outputs than inputs, basis outputs back through it by reverse mode (a row each), so a
+    pool -> linear readout of a large map costs one pass per class. A caller that needs only
+    figures of the matrix (its values) never holds more than one block."""
     n_in = int(np.prod(in_shape))
     step = max(1, chunk_entries // max(widest, n_in, n_out))
     by_rows = n_out < n_in
-    rows, cols, vals = [], [], []
     for c0 in range(0, n_out if by_rows else n_in, step):
         b = min(step, (n_out if by_rows else n_in) - c0)
         block = _rows(tree, in_shape, n_out, c0, b) if by_rows \
             else tree(_basis(b, n_in, c0, in_shape)).reshape(b, n_out)
         block = block.detach().numpy()
         i, j = np.nonzero(block)
-        rows.append(i + c0 if by_rows else j)
-        cols.append(j if by_rows else i + c0)
-        vals.append(block[i, j])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n_out, n_in))
+        yield (i + c0, j, block[i, j]) if by_rows else (j, i + c0, block[i, j])
 
 
 def _basis(b: int, n: int, c0: int, shape) -> torch.Tensor:

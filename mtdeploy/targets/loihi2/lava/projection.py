@@ -23,7 +23,8 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.forms import composed_conv, edge_path, gain_on, probed_matrix
+from mtdeploy.targets.loihi2.forms import (composed_conv, edge_path, gain_on, probed_blocks,
+                                          probed_matrix)
 from mtdeploy.targets.loihi2.lava.layout import lava_order
 
 
@@ -85,10 +86,14 @@ def edge_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
 
 
 def _integer(m: sp.csr_matrix, pop: Node) -> sp.csr_matrix:
-    if not np.array_equal(m.data, np.round(m.data)):
+    _check_integer(m.data, pop)
+    return m.astype(np.int64)
+
+
+def _check_integer(values: np.ndarray, pop: Node) -> None:
+    if not np.array_equal(values, np.round(values)):
         raise InputError(f"{pop.label()}: non-integer synapse weights; quantize the graph "
                          "(mtdeploy.passes.quantize) before lowering in fixed point")
-    return m.astype(np.int64)
 
 
 def to_lava_matrix(m: sp.spmatrix, out_shape, in_shape) -> sp.csr_matrix:
@@ -100,6 +105,19 @@ def chw_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
                chunk_entries: int = 2 ** 22) -> sp.csr_matrix:
     """The edge's tree as a matrix (out, in) in IR (CHW) order, probed from the reference's
     integer tree (float tree, scaled, in floating point): :func:`~..forms.probed_matrix`."""
+    tree, widest = _edge_tree(graph, pop, key, fixed_point)
+    return probed_matrix(tree, graph[key].shape, pop.size, widest, chunk_entries)
+
+
+def chw_blocks(graph: Graph, pop: Node, key: str, fixed_point: bool,
+               chunk_entries: int = 2 ** 22):
+    """:func:`chw_matrix`'s non-zeros a block at a time (:func:`~..forms.probed_blocks`)."""
+    tree, widest = _edge_tree(graph, pop, key, fixed_point)
+    return probed_blocks(tree, graph[key].shape, pop.size, widest, chunk_entries)
+
+
+def _edge_tree(graph: Graph, pop: Node, key: str, fixed_point: bool):
+    """(the edge's tree as a batch-first function of its input, its widest node's size)."""
     scale = 1.0 if fixed_point else edge_scale(graph, key, 1.0)
 
     def tree(x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +125,7 @@ def chw_matrix(graph: Graph, pop: Node, key: str, fixed_point: bool,
             return tree_int_forward(graph, pop.name, {key: x})
         return tree_float_forward(graph, pop, {key: x}) * scale
 
-    widest = max([pop.size] + [n.size for n in tree_nodes(graph, pop)])
-    return probed_matrix(tree, graph[key].shape, pop.size, widest, chunk_entries)
+    return tree, max([pop.size] + [n.size for n in tree_nodes(graph, pop)])
 
 
 def weight_digits(m: sp.csr_matrix) -> list[tuple[int, sp.csr_matrix]]:
@@ -178,16 +195,31 @@ class WeightForm:
         return sp.csr_matrix(self.weight)
 
 
-@dataclass
 class ProbedForm:
-    """Any other edge: its matrix, probed from the tree (:func:`chw_matrix`)."""
+    """Any other edge: its matrix, probed from the tree (:func:`chw_matrix`) only when it is
+    built. Its figures stream over the probe's blocks, so describing an edge (a VGG-16
+    classifier with a pool folded in: 411M synapses) holds no matrix."""
 
-    m: sp.csr_matrix
+    def __init__(self, m: sp.csr_matrix | None = None, *, graph: Graph | None = None,
+                 pop: Node | None = None, key: str | None = None):
+        self.m, self._source = m, (graph, pop, key)
 
     def values_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.m.data, np.ones(len(self.m.data), np.int64)
+        if self.m is not None:
+            return self.m.data, np.ones(len(self.m.data), np.int64)
+        graph, pop, key = self._source
+        counts: dict = {}
+        for _, _, values in chw_blocks(graph, pop, key, True, 2 ** 24):
+            _check_integer(values, pop)
+            for v, c in zip(*np.unique(values, return_counts=True)):
+                counts[v] = counts.get(v, 0) + int(c)
+        values = np.fromiter(counts.keys(), np.float64, len(counts))
+        return values, np.fromiter(counts.values(), np.int64, len(counts))
 
     def matrix(self) -> sp.csr_matrix:
+        if self.m is None:
+            graph, pop, key = self._source
+            self.m = _integer(chw_matrix(graph, pop, key, True), pop)
         return self.m
 
 
@@ -223,4 +255,4 @@ def edge_form(graph: Graph, pop: Node, key: str):
     """The edge's integer projection as a ConvForm (a local tree), a WeightForm (one matrix
     node) or, for anything else, the probed matrix: never a matrix where a kernel will do."""
     return composed_conv(graph, pop, key) or weight_form(graph, pop, key) \
-        or ProbedForm(_integer(chw_matrix(graph, pop, key, True), pop))
+        or ProbedForm(graph=graph, pop=pop, key=key)
