@@ -180,3 +180,29 @@ def test_outside_the_main_thread_nothing_changes():
     thread.start()
     thread.join()
     assert seen == [signal.SIG_DFL]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_forked_during_a_lava_run_ends_with_its_parent(tmp_path):
+    """A Lava child the runtime never learned of (forked while a signal stopped the parent)
+    must not outlive a parent that dies without cleaning up (SIGKILL here)."""
+    script = (
+        "import os, sys, time\n"
+        "from mtdeploy.targets.loihi2.lava import runtime\n"
+        "with runtime._children_ignore_interrupts():\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        time.sleep(120)\n"
+        "        os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    child = int(res.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not alive(child), "the child outlived its killed parent"
+    finally:
+        _kill_python(child)

@@ -9,6 +9,7 @@ this one: a terminal sends it to the whole process group, and each child would p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -121,16 +122,37 @@ class LavaRuntime:
 _RUNS = [0]   # Lava runs in progress in this process (children forked meanwhile are Lava's)
 
 
+_FORKED_BY = [0]   # the pid that forked the current child (set just before each fork)
+_PR_SET_PDEATHSIG = 1
+
+
+def _before_fork() -> None:
+    _FORKED_BY[0] = os.getpid()
+
+
 def _child_signals() -> None:
     """In a process forked during a Lava run: SIGINT ignored (the parent takes Ctrl-C and
     stops its children), SIGTERM and SIGHUP at their default (the parent's handlers, inherited
-    through fork, would keep a child alive when the parent terminates it)."""
+    through fork, would keep a child alive when the parent terminates it), and SIGTERM from the
+    kernel when the parent ends: a child forked while a signal was stopping the parent, before
+    the runtime knew of it, would otherwise outlive it for good (seen under heavy load)."""
     if _RUNS[0]:
         for s in SIGNALS:
             signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else signal.SIG_DFL)
+        _die_with_parent()
 
 
-os.register_at_fork(after_in_child=_child_signals)
+def _die_with_parent() -> None:
+    """Linux's PR_SET_PDEATHSIG; elsewhere nothing (the runtime's stop still ends children)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _FORKED_BY[0]:      # the parent ended before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_child_signals)
 
 
 @contextlib.contextmanager
