@@ -111,3 +111,13 @@ def test_compile_works_after_a_progress_bar(tmp_path):
                          timeout=600, cwd=str(tmp_path),
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_lava_modules_import_after_a_progress_bar():
+    """The same through a direct import of a backend module (what tests and scripts do)."""
+    code = ("from tqdm import tqdm\n"
+            "for _ in tqdm(range(2), disable=False): pass\n"
+            "from mtdeploy.targets.loihi2.lava.network import run_lava\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -9,7 +9,6 @@ and array layouts), runtime (running and stopping Lava's OS processes), agreemen
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import multiprocessing
 
@@ -25,27 +24,28 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        with _fork_already_chosen_is_fine():
-            module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@contextlib.contextmanager
-def _fork_already_chosen_is_fine():
+def _same_start_method_is_fine() -> None:
     """Lava calls ``multiprocessing.set_start_method('fork')`` when imported, which raises once
     anything in the process has fixed the start method, even to 'fork' itself (a tqdm
-    progress bar does, through its multiprocessing lock). While Lava loads, setting the method
-    already in use is let through; any other change still raises."""
+    progress bar does, through its multiprocessing lock). Setting the method already in use
+    is made a no-op here, before any module of this package can import Lava; any other change
+    still goes to multiprocessing and raises as before."""
     original = multiprocessing.set_start_method
+    if getattr(original, "_mtdeploy_tolerant", False):
+        return
 
     def set_start_method(method, force=False):
-        if multiprocessing.get_start_method(allow_none=True) == method:
+        if not force and multiprocessing.get_start_method(allow_none=True) == method:
             return None
         return original(method, force=force)
 
+    set_start_method._mtdeploy_tolerant = True
     multiprocessing.set_start_method = set_start_method
-    try:
-        yield
-    finally:
-        multiprocessing.set_start_method = original
+
+
+_same_start_method_is_fine()
