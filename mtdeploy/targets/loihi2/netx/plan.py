@@ -27,7 +27,7 @@ from mtdeploy.passes.quantize import per_layer_copy
 from mtdeploy.sim.reference import tree_int_forward
 from mtdeploy.targets.loihi2.forms import ConvForm, composed_conv, conv_matches, probed_blocks
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
-from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, validate_netx_layers
+from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, bias_range_problem, validate_netx_layers
 
 # Block k (1-based) sees input step t at step t + k (each synapse adds one step), so windows of
 # `reset_interval` steps line up with the data when netx's per-layer reset offsets start at 1.
@@ -212,6 +212,9 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
                        "delayed past a window) differ from a stock stream")
     if not layers:
         return {}
+    problem = bias_range_problem(np.asarray(bias, np.int64))
+    if problem:   # known before the synapses are probed (a VGG-16-224 classifier: minutes)
+        return Finding("range", pop.label(), problem)
     key = edge.align or edge.producer
     syn = _synapse(graph, pop, key, spatial)
     if syn["type"] == "dense" and spatial:
@@ -219,7 +222,9 @@ def _plan_block(graph: Graph, pop: Node, prev: Node, steps: int, spatial: bool,
         plan.layers.append({"type": "flatten", "shape": np.asarray([size, 1, 1], np.int64)})
         plan.names.append(f"flatten before {pop.name}")
     shape = pop.shape if syn["type"] == "conv" else (pop.size,)
-    layer = {k: (np.asarray(v, np.int64) if k != "type" else v) for k, v in syn.items()}
+    # (weights keep their integer type: a probed dense layer's is the smallest that holds it)
+    layer = {k: v if k == "type" else np.asarray(v) if k == "weight" else np.asarray(v, np.int64)
+             for k, v in syn.items()}
     layer.update({"shape": np.asarray(shape, np.int64), "neuron": neuron,
                   "bias": _bias_layout(bias, syn["type"], pop.shape)})
     plan.layers.append(layer)

@@ -297,11 +297,19 @@ def _check_bias(layer, c: _Checker, shape, out_shape) -> np.ndarray | None:
     elif out_shape is not None and b.size not in (1, int(np.prod(out_shape))):
         c.add("structure", f"'bias' of shape {b.shape} does not fit {int(np.prod(out_shape))} neurons")
     bi = b.astype(np.int64)
-    if bi.size and (bi.min() < BIAS_MIN or bi.max() > BIAS_MAX):
-        c.add("range", f"bias in [{bi.min()}, {bi.max()}] exceeds the 13-bit bias mantissa "
-                       f"[{BIAS_MIN}, {BIAS_MAX}] (netx fixes bias_exp at 6; "
-                       "fewer input or weight bits shrink a first layer's integer bias)")
+    problem = bias_range_problem(bi)
+    if problem:
+        c.add("range", problem)
     return bi
+
+
+def bias_range_problem(bias: np.ndarray) -> str | None:
+    """Why an integer bias does not fit netx's bias mantissa, or None."""
+    if bias.size and (bias.min() < BIAS_MIN or bias.max() > BIAS_MAX):
+        return (f"bias in [{bias.min()}, {bias.max()}] exceeds the 13-bit bias mantissa "
+                f"[{BIAS_MIN}, {BIAS_MAX}] (netx fixes bias_exp at 6; "
+                "fewer input or weight bits shrink a first layer's integer bias)")
+    return None
 
 
 def _check_neuron(neuron, c: _Checker) -> dict | None:
