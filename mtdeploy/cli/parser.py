@@ -97,8 +97,8 @@ def _add_compile(sub) -> None:
                    "compare)")
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
                    "scale; default: from --calib, else the range save_traced recorded, else 1.0)")
-    c.add_argument("--calib", type=path, help="sample inputs (.npy, or .npz with x): their largest "
-                   "|x| sets --input-max when it is not given, and compile reports how many "
+    c.add_argument("--calib", type=path, help="sample inputs (.npy, .npz with x, or IDX): their "
+                   "largest |x| sets --input-max when it is not given, and compile reports how many "
                    "saturate the input's fixed-point range")
     c.add_argument("--weight-bits", type=int, default=8)
     c.add_argument("--per-layer-scaling", action="store_true",
