@@ -79,3 +79,27 @@ def test_identity_shortcut_and_pool_conv_become_conv_processes():
     synapses = [e["synapse"] for layer in vgg["layers"] for e in layer["edges"]]
     # conv, pool -> conv, dilated conv; an overlapping pool sums taps beyond 8-bit mantissas
     assert synapses[:3] == ["Conv"] * 3 and synapses[3] != "Conv"
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, stride=2, padding=1)],
+                         ids=["2x2", "3x3-s2-p1"])
+def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
+    """A pool folded into a dense layer (VGG-16-224's classifier): its figures come from the
+    weight rows pulled back through the pool, equal to the probed matrix's."""
+    from mtdeploy.targets.loihi2.lava.projection import (ProbedForm, chw_matrix,
+                                                         matrix_tail_rows, edge_form)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), QCFS(4, 1.0), pool, nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 6), QCFS(4, 1.0), nn.Linear(6, 3)).eval()
+    from mtdeploy.ir.snn import incoming_edges, populations
+    graph = compiled(model, (1, 8, 8))
+    probed = [(pop, e.align or e.producer) for pop in populations(graph) if pop.inputs
+              for e in incoming_edges(graph, pop)
+              if isinstance(edge_form(graph, pop, e.align or e.producer), ProbedForm)]
+    assert probed, "the pool + linear edge should need a probe"
+    for pop, key in probed:
+        assert matrix_tail_rows(graph, pop, key, chunk_entries=50) is not None
+        fast = ProbedForm(graph=graph, pop=pop, key=key).values_and_counts()
+        full = ProbedForm(chw_matrix(graph, pop, key, True)).values_and_counts()
+        want = dict(zip(*np.unique(full[0], return_counts=True)))
+        assert dict(zip(fast[0], fast[1])) == {k: int(v) for k, v in want.items()}

@@ -208,10 +208,14 @@ class ProbedForm:
         if self.m is not None:
             return self.m.data, np.ones(len(self.m.data), np.int64)
         graph, pop, key = self._source
+        rows = matrix_tail_rows(graph, pop, key)
+        blocks = (v for _, _, v in chw_blocks(graph, pop, key, True, 2 ** 24)) if rows is None \
+            else rows
         counts: dict = {}
-        for _, _, values in chw_blocks(graph, pop, key, True, 2 ** 24):
+        for values in blocks:
+            values = values[values != 0]
             _check_integer(values, pop)
-            for v, c in zip(*np.unique(values, return_counts=True)):
+            for v, c in zip(*_histogram(values.astype(np.int64))):
                 counts[v] = counts.get(v, 0) + int(c)
         values = np.fromiter(counts.keys(), np.float64, len(counts))
         return values, np.fromiter(counts.values(), np.int64, len(counts))
@@ -221,6 +225,64 @@ class ProbedForm:
             graph, pop, key = self._source
             self.m = _integer(chw_matrix(graph, pop, key, True), pop)
         return self.m
+
+
+def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct integers, their counts): a bincount where the range is small (weights are),
+    which is linear where np.unique sorts."""
+    if not values.size:
+        return values, values
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo >= 2 ** 22:
+        return np.unique(values, return_counts=True)
+    counts = np.bincount(values - lo)
+    present = np.flatnonzero(counts)
+    return present + lo, counts[present]
+
+
+def matrix_tail_rows(graph: Graph, pop: Node, key: str, chunk_entries: int = 2 ** 24):
+    """The edge's matrix a block of rows at a time (dense, CHW order), when its path ends in a
+    matrix node followed by shape-keeping nodes: row r is ``gain * W[r]`` pulled back through
+    the nodes before W (a pool, a flatten), so no probe passes through W's weights (a VGG-16-224
+    classifier with its pool folded in: 411M entries, 96 s of probing before). None for other
+    paths, or when the tree does not equal that form on random integers."""
+    path = edge_path(graph, pop, key)
+    heads = [k for k, n in enumerate(path or []) if n.kind in MATRIX_PARAMS]
+    if not heads or any(tuple(n.shape) != tuple(path[heads[-1]].shape)
+                        for n in path[heads[-1]:]):
+        return None
+    m = heads[-1]
+    w = torch.as_tensor(np.asarray(path[m].params[MATRIX_PARAMS[path[m].kind]]),
+                        dtype=torch.float64)
+    gain, prev = 1, path[m].name
+    for n in path[m + 1:] + [pop]:
+        gain *= gain_on(n, prev)
+        prev = n.name
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:       # the nodes before W, with their gains
+        prev = key
+        for n in path[:m]:
+            x = kind_of(n).forward_int(n, x * gain_on(n, prev))
+            prev = n.name
+        return (x * gain_on(path[m], prev)).reshape(len(x), -1)
+
+    x = torch.as_tensor(np.random.default_rng(12345).integers(-1023, 1024, (2, *graph[key].shape)),
+                        dtype=torch.float64)
+    want = tree_int_forward(graph, pop.name, {key: x}).reshape(2, -1)
+    if w.shape != (pop.size, prefix(x).shape[1]) or \
+            not torch.equal(want, gain * prefix(x) @ w.T):
+        return None
+    return _pulled_back_rows(prefix, w, gain, graph[key].shape, chunk_entries)
+
+
+def _pulled_back_rows(prefix, w: torch.Tensor, gain: int, in_shape, chunk_entries: int):
+    step = max(1, chunk_entries // int(np.prod(in_shape)))
+    for r0 in range(0, len(w), step):
+        with torch.enable_grad():
+            x = torch.zeros((min(step, len(w) - r0), *in_shape), dtype=torch.float64,
+                            requires_grad=True)
+            (grad,) = torch.autograd.grad((prefix(x) * w[r0:r0 + len(x)]).sum(), x)
+        yield (gain * grad.reshape(len(x), -1)).numpy()
 
 
 def weight_form(graph: Graph, pop: Node, key: str) -> WeightForm | None:
