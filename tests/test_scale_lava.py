@@ -84,10 +84,11 @@ def test_identity_shortcut_and_pool_conv_become_conv_processes():
 @pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, stride=2, padding=1)],
                          ids=["2x2", "3x3-s2-p1"])
 def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
-    """A pool folded into a dense layer (VGG-16-224's classifier): its figures come from the
-    weight rows pulled back through the pool, equal to the probed matrix's."""
-    from mtdeploy.targets.loihi2.lava.projection import (ProbedForm, chw_matrix,
-                                                         matrix_tail_rows, edge_form)
+    """A pool folded into a dense layer (VGG-16-224's classifier): its rows come from the
+    weight rows pulled back through the pool, equal to the probed matrix, and so do its
+    figures."""
+    from mtdeploy.targets.loihi2.forms import matrix_tail_rows
+    from mtdeploy.targets.loihi2.lava.projection import ProbedForm, chw_matrix, edge_form
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), QCFS(4, 1.0), pool, nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 6), QCFS(4, 1.0), nn.Linear(6, 3)).eval()
@@ -98,7 +99,11 @@ def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
               if isinstance(edge_form(graph, pop, e.align or e.producer), ProbedForm)]
     assert probed, "the pool + linear edge should need a probe"
     for pop, key in probed:
-        assert matrix_tail_rows(graph, pop, key, chunk_entries=50) is not None
+        rows = matrix_tail_rows(graph, pop, key, chunk_entries=50)
+        assert rows is not None
+        # the rows are the matrix itself (the NetX planner writes them as a dense layer)
+        dense = np.concatenate([block for _, block in rows])
+        np.testing.assert_array_equal(dense, chw_matrix(graph, pop, key, True).toarray())
         fast = ProbedForm(graph=graph, pop=pop, key=key).values_and_counts()
         full = ProbedForm(chw_matrix(graph, pop, key, True)).values_and_counts()
         want = dict(zip(*np.unique(full[0], return_counts=True)))

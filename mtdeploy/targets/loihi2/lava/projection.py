@@ -23,8 +23,8 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.forms import (composed_conv, edge_path, gain_on, probed_blocks,
-                                          probed_matrix)
+from mtdeploy.targets.loihi2.forms import (MATRIX_PARAMS, composed_conv, edge_path, gain_on,
+                                          matrix_tail_rows, probed_blocks, probed_matrix)
 from mtdeploy.targets.loihi2.lava.layout import lava_order
 
 
@@ -177,8 +177,6 @@ def matrix_figures(values: np.ndarray, counts: np.ndarray) -> MatrixFigures:
 # ---- an edge's matrix in the form that is cheapest to hold -----------------------------------
 #: kinds that only re-lay a map out (CHW order kept), so the matrix after them is unchanged
 LAYOUT_KINDS = frozenset({"flatten"})
-#: kinds whose integer map is a matrix parameter (out, in), in CHW order of their input
-MATRIX_PARAMS = {"linear": "weight_int"}
 
 
 @dataclass
@@ -210,7 +208,7 @@ class ProbedForm:
         graph, pop, key = self._source
         rows = matrix_tail_rows(graph, pop, key)
         blocks = (v for _, _, v in chw_blocks(graph, pop, key, True, 2 ** 24)) if rows is None \
-            else rows
+            else (block for _, block in rows)
         counts: dict = {}
         for values in blocks:
             values = values[values != 0]
@@ -238,51 +236,6 @@ def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(values - lo)
     present = np.flatnonzero(counts)
     return present + lo, counts[present]
-
-
-def matrix_tail_rows(graph: Graph, pop: Node, key: str, chunk_entries: int = 2 ** 24):
-    """The edge's matrix a block of rows at a time (dense, CHW order), when its path ends in a
-    matrix node followed by shape-keeping nodes: row r is ``gain * W[r]`` pulled back through
-    the nodes before W (a pool, a flatten), so no probe passes through W's weights (a VGG-16-224
-    classifier with its pool folded in: 411M entries, 96 s of probing before). None for other
-    paths, or when the tree does not equal that form on random integers."""
-    path = edge_path(graph, pop, key)
-    heads = [k for k, n in enumerate(path or []) if n.kind in MATRIX_PARAMS]
-    if not heads or any(tuple(n.shape) != tuple(path[heads[-1]].shape)
-                        for n in path[heads[-1]:]):
-        return None
-    m = heads[-1]
-    w = torch.as_tensor(np.asarray(path[m].params[MATRIX_PARAMS[path[m].kind]]),
-                        dtype=torch.float64)
-    gain, prev = 1, path[m].name
-    for n in path[m + 1:] + [pop]:
-        gain *= gain_on(n, prev)
-        prev = n.name
-
-    def prefix(x: torch.Tensor) -> torch.Tensor:       # the nodes before W, with their gains
-        prev = key
-        for n in path[:m]:
-            x = kind_of(n).forward_int(n, x * gain_on(n, prev))
-            prev = n.name
-        return (x * gain_on(path[m], prev)).reshape(len(x), -1)
-
-    x = torch.as_tensor(np.random.default_rng(12345).integers(-1023, 1024, (2, *graph[key].shape)),
-                        dtype=torch.float64)
-    want = tree_int_forward(graph, pop.name, {key: x}).reshape(2, -1)
-    if w.shape != (pop.size, prefix(x).shape[1]) or \
-            not torch.equal(want, gain * prefix(x) @ w.T):
-        return None
-    return _pulled_back_rows(prefix, w, gain, graph[key].shape, chunk_entries)
-
-
-def _pulled_back_rows(prefix, w: torch.Tensor, gain: int, in_shape, chunk_entries: int):
-    step = max(1, chunk_entries // int(np.prod(in_shape)))
-    for r0 in range(0, len(w), step):
-        with torch.enable_grad():
-            x = torch.zeros((min(step, len(w) - r0), *in_shape), dtype=torch.float64,
-                            requires_grad=True)
-            (grad,) = torch.autograd.grad((prefix(x) * w[r0:r0 + len(x)]).sum(), x)
-        yield (gain * grad.reshape(len(x), -1)).numpy()
 
 
 def weight_form(graph: Graph, pop: Node, key: str) -> WeightForm | None:

@@ -25,7 +25,8 @@ from mtdeploy.kinds.align import float_gain
 from mtdeploy.kinds.neurons import CHANNEL_UNIT
 from mtdeploy.passes.quantize import per_layer_copy
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.forms import ConvForm, composed_conv, conv_matches, probed_blocks
+from mtdeploy.targets.loihi2.forms import (ConvForm, composed_conv, conv_matches, matrix_tail_rows,
+                                          probed_blocks)
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
 from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, bias_range_problem, validate_netx_layers
 
@@ -69,24 +70,40 @@ def _synapse(graph: Graph, pop: Node, key: str, spatial: bool) -> dict:
         return tree_int_forward(graph, pop.name, {key: x})
 
     widest = max([pop.size] + [n.size for n in body])
-    return {"type": "dense", "weight": _probed_dense(tree, in_shape, pop.size, widest)}
+    return {"type": "dense", "weight": _probed_dense(graph, pop, key, tree, widest)}
 
 
 _WIDER = {np.dtype(np.int8): np.int16, np.dtype(np.int16): np.int32,
           np.dtype(np.int32): np.int64}
 
 
-def _probed_dense(tree, in_shape, n_out: int, widest: int) -> np.ndarray:
-    """The tree's integer matrix (out, in), filled a probe block at a time into the smallest
-    integer type that holds it: a VGG-16-224 classifier with its pool folded in has 411M
-    weights, 0.4 GB as int8 where a sparse probe then an int64 copy took over 10 GB."""
-    w = np.zeros((n_out, int(np.prod(in_shape))), np.int8)
-    for rows, cols, values in probed_blocks(tree, in_shape, n_out, widest, 2 ** 24):
+def _probed_dense(graph: Graph, pop: Node, key: str, tree, widest: int) -> np.ndarray:
+    """The tree's integer matrix (out, in), filled a block at a time into the smallest integer
+    type that holds it: a VGG-16-224 classifier with its pool folded in has 411M weights, 0.4
+    GB as int8 where a sparse probe then an int64 copy took over 10 GB. Rows come from
+    :func:`~..forms.matrix_tail_rows` where the tree ends in a matrix node (no probe through
+    its weights), else from probing the tree."""
+    in_shape = graph[key].shape
+    w = np.zeros((pop.size, int(np.prod(in_shape))), np.int8)
+    rows = matrix_tail_rows(graph, pop, key)
+    if rows is not None:
+        for r0, block in rows:
+            block = np.rint(block)
+            w = _holding(w, block)
+            w[r0:r0 + len(block)] = block
+        return w
+    for i, j, values in probed_blocks(tree, in_shape, pop.size, widest, 2 ** 24):
         values = np.rint(values)
-        while values.size and not (np.iinfo(w.dtype).min <= values.min()
-                                   and values.max() <= np.iinfo(w.dtype).max):
-            w = w.astype(_WIDER[w.dtype])
-        w[rows, cols] = values
+        w = _holding(w, values)
+        w[i, j] = values
+    return w
+
+
+def _holding(w: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``w`` widened until its integer type holds ``values``."""
+    while values.size and not (np.iinfo(w.dtype).min <= values.min()
+                               and values.max() <= np.iinfo(w.dtype).max):
+        w = w.astype(_WIDER[w.dtype])
     return w
 
 
