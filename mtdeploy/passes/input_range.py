@@ -20,11 +20,17 @@ DEFAULT_INPUT_MAX = 1.0
 _CHUNK = 1 << 20        # values per block when scanning (possibly memory-mapped) samples
 
 
-def largest_abs(x) -> float:
-    """max |x| over all samples, read in blocks so a memory-mapped array is never loaded whole."""
+def _blocks(x):
+    """|x| over all samples, a block of samples at a time (a memory map is never read whole)."""
     flat = np.asarray(x).reshape(len(x), -1)
     rows = max(1, _CHUNK // max(flat.shape[1], 1))
-    return max(float(np.abs(flat[i:i + rows]).max()) for i in range(0, len(flat), rows))
+    for i in range(0, len(flat), rows):
+        yield np.abs(flat[i:i + rows])
+
+
+def largest_abs(x) -> float:
+    """max |x| over all samples."""
+    return max(float(block.max()) for block in _blocks(x))
 
 
 def choose_input_max(given: float | None, calib=None, stored: float | None = None
@@ -57,16 +63,16 @@ def input_range_report(meta: dict, source: str, calib=None) -> dict:
            "representable_max": top}
     if calib is None:
         return row
-    flat = np.asarray(calib).reshape(len(calib), -1)
-    rows = max(1, _CHUNK // max(flat.shape[1], 1))
-    clipped = sum(int(np.count_nonzero(np.abs(flat[i:i + rows]) > top))
-                  for i in range(0, len(flat), rows))
-    peak = largest_abs(calib)
+    clipped, peak = 0, 0.0
+    for block in _blocks(calib):      # one pass: the count beyond the range and the peak
+        clipped += int(np.count_nonzero(block > top))
+        peak = max(peak, float(block.max()))
+    size = int(np.size(calib))
     row.update({"calib_samples": int(len(calib)), "calib_largest_abs": peak,
-                "saturated_values": clipped, "saturated_share": clipped / max(flat.size, 1)})
+                "saturated_values": clipped, "saturated_share": clipped / max(size, 1)})
     if clipped:
-        row["warning"] = (f"{clipped} of {flat.size} calibration input values "
-                          f"({100 * clipped / flat.size:.2f}%) exceed the input's fixed-point "
+        row["warning"] = (f"{clipped} of {size} calibration input values "
+                          f"({100 * clipped / size:.2f}%) exceed the input's fixed-point "
                           f"range |x| <= {top:.4g} and saturate (largest |x| {peak:.4g}); "
                           f"use --input-max {peak:.4g}, or --calib without --input-max")
     return row
