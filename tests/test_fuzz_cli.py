@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import hashlib
 import io
 import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -304,10 +306,13 @@ def labels(data, n: int):
 def data_file(data, assets: Path, case: Path) -> Path:
     """A samples argument of a drawn kind, written into ``case``."""
     kind = data.draw(st.sampled_from(["valid npz", "valid npz", "valid npy", "npy", "npz",
-                                      "damaged", "random", "missing", "no x", "huge header"]),
+                                      "damaged", "random", "missing", "no x", "huge header",
+                                      "idx", "damaged idx"]),
                      label="data kind")
     path = case / "data.npz"
-    if kind in ("valid npz", "valid npy"):
+    if kind in ("idx", "damaged idx"):
+        path = idx_pair(data, case, damage=kind == "damaged idx")
+    elif kind in ("valid npz", "valid npy"):
         src = assets / ("data.npz" if kind == "valid npz" else "x.npy")
         path = case / src.name
         shutil.copy(src, path)
@@ -386,6 +391,27 @@ def profile_file(data, case: Path) -> str:
 
 
 # ---- strategies: options --------------------------------------------------------------------
+def idx_pair(data, case: Path, damage: bool) -> Path:
+    """An IDX images file (uint8, the model's 4x4 maps) with its labels file beside it, the
+    images drawn damaged (cut short, wrong magic, a count the labels do not share)."""
+    n = data.draw(st.integers(1, 6), label="idx samples")
+    images = np.random.default_rng(n).integers(0, 256, (n, 4, 4), dtype=np.uint8)
+    head = bytes([0, 0, 8, 3]) + struct.pack(">3I", n, 4, 4)
+    raw = head + images.tobytes()
+    labels = bytes([0, 0, 8, 1]) + struct.pack(">I", n) + bytes(i % CLASSES for i in range(n))
+    if damage:
+        how = data.draw(st.sampled_from(["short", "magic", "count"]), label="idx damage")
+        raw = {"short": raw[:-1], "magic": b"\x01" + raw[1:],
+               "count": bytes([0, 0, 8, 3]) + struct.pack(">3I", n + 1, 4, 4) + raw[16:]}[how]
+    gz = data.draw(st.booleans(), label="idx gz")
+    images_path = case / ("x-images-idx3-ubyte" + (".gz" if gz else ""))
+    labels_path = case / ("x-labels-idx1-ubyte" + (".gz" if gz else ""))
+    write = gzip.compress if gz else bytes
+    images_path.write_bytes(write(raw))
+    labels_path.write_bytes(write(labels))
+    return images_path
+
+
 NUMBERS = ["0", "-1", "1", "2", "8", "nan", "inf", "-inf", "1e309", "1e-320", "abc", "", " ",
            "0x10", "2.5", "1_000", "99999999999999999999", "-0", "+3", "0.3", "1.0"]
 OPTION_POOLS = {
@@ -444,7 +470,9 @@ def test_fuzz_compile(assets, data):
         argv = ["compile", model, "-o", out,
                 *options(data, ["--timesteps", "--input-shape", "--alignment", "--neuron",
                                 "--v-init", "--input-max", "--weight-bits", "--seed"]),
-                *flags(data, ["--trust-pickle"])]
+                *flags(data, ["--trust-pickle", "--per-layer-scaling"])]
+        if data.draw(st.booleans(), label="calib?"):
+            argv += ["--calib", data_file(data, assets, case)]
         if data.draw(st.integers(0, 3), label="profile?") == 0:
             argv += ["--target", profile_file(data, case)]
         code, err = run_case(argv, case, assets, outputs=[out], replaceable=previous)
@@ -564,7 +592,9 @@ SEARCH_POOLS = {"--budget": ["mean-T=4", "sum-T=0", "synops=-1", "cores=abc", "x
                 "--val-fraction": ["0.3", "0", "1", "nan", "-0.5", "abc", "inf"],
                 "--epochs": ["0", "-1", "abc", "nan", "1e3"],
                 "--threads": ["1", "0", "-2", "abc"],
-                "--device": ["cpu", "cuda", "tpu", ""]}
+                "--device": ["cpu", "cuda", "tpu", ""],
+                "--level-choices": ["1,2,3", "0,2", "2,abc", "", "4", "-1", "1,1e9"],
+                "--screen-samples": ["1", "0", "-3", "abc", "1000000"]}
 
 
 @fuzz(12)
