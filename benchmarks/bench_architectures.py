@@ -14,7 +14,7 @@ fresh Python process, doing what the CLI verb does:
    output written: network file, schedule.json, report.json, report.md), each ``--repeats``
    times; the row shows the minimum. Seconds are the call's wall time (interpreter start and
    the torch import excluded), "cpu s" its CPU time (the figure a busy machine disturbs
-   least); peak memory is the process's ru_maxrss (the torch import included, about 0.4 GB).
+   least); peak memory is the process's VmHWM (the torch import included, about 0.4 GB).
    The row also says whether check and compile counted the same cores.
 A network no bundled profile holds is compiled against the largest; its row says why, with
 the time the verdict took. "layers" counts populations (spiking layers and the readout: 16
@@ -63,7 +63,7 @@ SMALLEST, LARGEST = "loihi2", "hala_point"
 
 # Run in a fresh interpreter: argv = model path, target, build directory, mode.
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from mtdeploy.api import compile_model, deployable, load_model
 from mtdeploy.errors import DoesNotFitError
 from mtdeploy.passes import ConvertOptions
@@ -95,7 +95,10 @@ else:
                                               if f.severity == "error"]}
 result["seconds"] = time.perf_counter() - t0
 result["cpu_seconds"] = time.process_time() - c0
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux keeps the pre-exec high-water mark in ru_maxrss, so a child
+# started by a parent holding a large model would report the parent's memory
+result["peak_rss_mb"] = next(int(line.split()[1]) for line in open("/proc/self/status")
+                             if line.startswith("VmHWM")) / 1024
 print("RESULT " + json.dumps(result))
 """
 
