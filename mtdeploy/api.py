@@ -26,6 +26,7 @@ from mtdeploy.ir.graph import Graph
 from mtdeploy.passes import ConvertOptions, convert, quantize, schedule
 from mtdeploy.passes.convert import check_timestep_range
 from mtdeploy.passes.input_range import choose_input_max, input_range_report
+from mtdeploy.passes.quantize import DEFAULT_INPUT_BITS
 from mtdeploy.report import build_report, report_markdown
 from mtdeploy.sim.parallel import in_process_group, simulate_distributed, simulate_workers
 from mtdeploy.sim.plan import DEFAULT_MEMORY_BUDGET
@@ -86,7 +87,8 @@ class Build:
 def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="build",
                   timesteps=None, alignment: str = "avg-repeat", neuron: str = "if",
                   v_init: float = 0.5, seed: int = 0, input_max: float | None = None,
-                  weight_bits: int = 8, input_bits: int = 8, trust_pickle: bool = False,
+                  weight_bits: int = 8, input_bits: int = DEFAULT_INPUT_BITS,
+                  trust_pickle: bool = False,
                   write: bool = True, force: bool = False, calib=None,
                   per_layer_scaling: bool = False) -> Build:
     """Import, convert, quantize, schedule, check against ``target`` and write the build dir.
@@ -98,7 +100,9 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     :func:`mtdeploy.io.check_output_dir` allows (``force``: also a directory mtdeploy did not
     write; never a file, nor the directory of ``model``); ``out_dir`` is checked before any work.
     ``calib``: samples (an array (N, *input_shape) or a samples file) that set ``input_max``
-    when it is not given, and whose saturation the report states (passes/input_range.py).
+    when it is not given, whose saturation the report states (passes/input_range.py), and on
+    which every neuron's bias absorbs the mean current its weights' rounding costs it
+    (passes/bias_correction.py).
     """
     t0 = time.perf_counter()
     protect = [model] if isinstance(model, (str, Path)) else []
@@ -110,7 +114,8 @@ def compile_model(model, input_shape=None, target: str = "loihi2", out_dir="buil
     input_max, source = _input_max(model, graph, input_max, calib)
     options = ConvertOptions(timesteps=timesteps, alignment=alignment, neuron=neuron,
                              v_init=v_init, seed=seed, input_max=input_max)
-    snn, sched = deployable(graph, options, profile, weight_bits, input_bits, per_layer_scaling)
+    snn, sched = deployable(graph, options, profile, weight_bits, input_bits, per_layer_scaling,
+                            calib)
     check = check_budget(snn, profile)
     if check is not None and not check.fits:
         raise DoesNotFitError(_findings_text(check, target), check.findings)
@@ -146,16 +151,17 @@ def _input_max(model, graph: Graph, given, calib) -> tuple[float | None, str]:
 
 @_single_threaded
 def deployable(graph: Graph, options: ConvertOptions, profile, weight_bits: int = 8,
-               input_bits: int = 8, per_layer_scaling: bool = False) -> tuple[Graph, dict]:
+               input_bits: int = DEFAULT_INPUT_BITS, per_layer_scaling: bool = False,
+               calib=None) -> tuple[Graph, dict]:
     """The network a build holds: converted, bounded by the profile, quantized and scheduled
     for it, and the schedule. ``compile`` builds it, and ``check`` costs exactly it, so the two
-    report the same cores."""
+    report the same cores (``calib`` only moves biases, never a resource)."""
     snn = as_snn(graph, options, weight_bits=weight_bits, input_bits=input_bits,
                  per_layer_scaling=per_layer_scaling)
     check_timestep_range(snn, profile)
     if not snn.meta.get("quantized"):
         quantize(snn, weight_bits=weight_bits, input_bits=input_bits,
-                 per_channel=profile.per_neuron_threshold and not per_layer_scaling)
+                 per_channel=profile.per_neuron_threshold and not per_layer_scaling, calib=calib)
     mark_fan_in_splits(snn, profile)     # before the schedule: a split edge takes one more hop
     return snn, schedule(snn, hop_steps=profile.hop_steps)
 
@@ -167,7 +173,7 @@ def as_snn(graph: Graph, options: ConvertOptions, **quantization) -> Graph:
     could apply to it."""
     if not graph.meta.get("converted"):
         return convert(graph, options)
-    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": 8,
+    defaults = {**asdict(ConvertOptions()), "weight_bits": 8, "input_bits": DEFAULT_INPUT_BITS,
                 "per_layer_scaling": False}
     changed = [name for name, value in {**asdict(options), **quantization}.items()
                if not (value is defaults[name] or value == defaults[name])]

@@ -53,7 +53,8 @@ def build(per_channel: bool, **options):
 def test_every_channel_fills_its_mantissa_and_carries_its_unit_in_its_threshold():
     snn = build(True)
     w = snn["conv"].params["weight_int"].reshape(4, -1)
-    assert np.array_equal(np.abs(w).max(1), [127] * 4)        # every channel's peak is wmax
+    peaks = np.abs(w).max(1)          # every channel fills its mantissa (its grid searched)
+    assert np.all((peaks >= 127 * 7 / 8) & (peaks <= 127)), peaks
     units = snn["act"].params[CHANNEL_UNIT]
     assert np.all(np.diff(units) < 0) and units[0] / units[-1] > 250  # smaller weights, finer
     th, v0 = int_thresholds(snn["act"])

@@ -12,7 +12,8 @@ def run(a) -> int:
                           timesteps=timesteps(a.timesteps), alignment=a.alignment, neuron=a.neuron,
                           v_init=a.v_init, seed=a.seed, input_max=a.input_max,
                           weight_bits=a.weight_bits, trust_pickle=a.trust_pickle, force=a.force,
-                          calib=a.calib, per_layer_scaling=a.per_layer_scaling)
+                          calib=a.calib, per_layer_scaling=a.per_layer_scaling,
+                          **({} if a.input_bits is None else {"input_bits": a.input_bits}))
     _print_build(build, a.target)
     for row in [build.report["input"], *build.report.get("quantization", [])]:
         if "warning" in row:

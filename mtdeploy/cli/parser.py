@@ -21,7 +21,7 @@ BUILD_HELP = "a build directory written by 'mtdeploy compile'"
 OPTIONS = {
     "compile": {"timesteps": "--timesteps", "input_max": "--input-max", "calib": "--calib",
                 "alignment": "--alignment", "neuron": "--neuron", "v_init": "--v-init",
-                "seed": "--seed", "weight_bits": "--weight-bits",
+                "seed": "--seed", "weight_bits": "--weight-bits", "input_bits": "--input-bits",
                 "per_layer_scaling": "--per-layer-scaling"},
     "check": {"timesteps": "--timesteps"},
     "simulate": {"backend": "--backend", "seed": "--seed", "input": "--input",
@@ -98,9 +98,13 @@ def _add_compile(sub) -> None:
     c.add_argument("--input-max", type=float, help="largest |input| (sets the input's fixed-point "
                    "scale; default: from --calib, else the range save_traced recorded, else 1.0)")
     c.add_argument("--calib", type=path, help="sample inputs (.npy, .npz with x, or IDX): their "
-                   "largest |x| sets --input-max when it is not given, and compile reports how many "
-                   "saturate the input's fixed-point range")
+                   "largest |x| sets --input-max when it is not given, compile reports how many "
+                   "saturate the input's fixed-point range, and each neuron's bias absorbs the "
+                   "mean current its weights' rounding costs on them (at most 512 samples)")
     c.add_argument("--weight-bits", type=int, default=8)
+    c.add_argument("--input-bits", type=int, help="width of the first layer's graded input "
+                   "values (default: 8, which stock netx's 13-bit bias holds; Loihi 2 "
+                   "carries up to 24/32, and 12 is more faithful)")
     c.add_argument("--per-layer-scaling", action="store_true",
                    help="one fixed-point unit per layer, not per output channel (for targets "
                    "without per-neuron thresholds; the profile's neuron.per_neuron_threshold)")

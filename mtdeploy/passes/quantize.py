@@ -22,11 +22,24 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds, unit_shaped
+from mtdeploy.passes.bias_correction import correct_biases
 from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
 THRESHOLD_MAX = 2 ** 20   # leaves headroom in the 24-bit membrane for T * current
 BITS_RANGE = (2, 16)      # weight and input bits: 1 bit has no magnitude, >16 no hardware
+#: the real-valued input reaches the first layer as graded values this wide. Loihi 2's graded
+#: spikes carry 24 (Lava) to 32 bits, and 12 bits gain random mixed-level CNNs about 1.5 points
+#: of argmax agreement (bench_quantization.py), but 8 keeps a first layer's integer bias
+#: within stock netx's 13-bit bias mantissa, so the NetX file's stock layers stay loadable
+DEFAULT_INPUT_BITS = 8
+#: per-channel units tried between peak/wmax and peak/(wmax * (1 - UNIT_SEARCH_SPAN))
+UNIT_CANDIDATES, UNIT_SEARCH_SPAN = 32, 1 / 8
+#: channels with more inputs than this keep peak/wmax: the best of several grids beats the
+#: finest by about 1/sqrt(fan-in), nothing at a classifier's 25,088 inputs
+UNIT_SEARCH_FAN_IN = 4096
+#: calibration samples used for the bias correction
+CALIB_SAMPLES = 512
 
 
 def _paths(graph: Graph, pop: Node):
@@ -44,11 +57,14 @@ def _paths(graph: Graph, pop: Node):
             yield edge_node, path
 
 
-def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8,
-             per_channel: bool = True) -> Graph:
+def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT_BITS,
+             per_channel: bool = True, calib=None) -> Graph:
     """Add integer parameters to a converted graph (in place; returns it). ``per_channel``:
     a unit per output channel (needs per-neuron thresholds on the target); False: one
-    power-of-two unit per population (``--per-layer-scaling``)."""
+    power-of-two unit per population (``--per-layer-scaling``). ``calib``: sample inputs
+    (N, *input_shape); each neuron's bias then also absorbs the mean current that rounding
+    the weights costs it on them (passes/bias_correction.py), from at most
+    :data:`CALIB_SAMPLES` of them."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
     weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
@@ -62,6 +78,14 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = 8,
     for pop in populations(graph):
         if pop.inputs:
             _quantize_population(graph, pop, wmax, input_unit, bool(per_channel))
+    graph.meta.pop("bias_correction", None)
+    if calib is not None and len(calib):
+        n = min(len(calib), CALIB_SAMPLES)
+        correct_biases(graph, calib, n)
+        graph.meta["bias_correction"] = {"samples": n}
+        for pop in populations(graph):
+            if pop.inputs:
+                _check_ranges(graph, pop)
     return graph
 
 
@@ -181,7 +205,33 @@ def _channel_units(graph: Graph, pop: Node, weighted: dict, wmax: int, layer_uni
     if "threshold" in pop.params:
         units = np.maximum(units, float(pop.params["threshold"]) / THRESHOLD_MAX)
     units = np.maximum(units, np.abs(bias).reshape(c, -1).max(1) / 2.0 ** BIAS_BITS)
-    return np.minimum(units, layer_unit).astype(np.float64)
+    units = np.minimum(units, layer_unit)
+    if len(weighted) == 1:      # only coarser grids: every range above still holds
+        node, s_in, post = next(iter(weighted.values()))
+        units = _searched_units(np.asarray(node.params["weight"]).reshape(c, -1),
+                                units, wmax, s_in * post, layer_unit)
+    return units.astype(np.float64)
+
+
+def _searched_units(rows: np.ndarray, units: np.ndarray, wmax: int, scale: float,
+                    coarsest: float) -> np.ndarray:
+    """Per channel (a row of real weights ``rows * scale``), the unit among
+    :data:`UNIT_CANDIDATES` from ``units`` (peak/wmax) to UNIT_SEARCH_SPAN coarser, never
+    coarser than ``coarsest``, that rounds the channel's weights with the least squared error.
+    Grids only get coarser, so the peak stays within +-wmax; a few weights (a first layer's
+    3x3x3 kernel) often fit a slightly coarser grid far better. The threshold is an integer
+    per neuron either way."""
+    if rows.shape[1] > UNIT_SEARCH_FAN_IN or not rows.size:
+        return units
+    real_rows = rows.astype(np.float64) * scale
+    best, best_err = units.copy(), np.full(units.shape, np.inf)
+    for peak_int in np.linspace(wmax, wmax * (1 - UNIT_SEARCH_SPAN), UNIT_CANDIDATES):
+        unit = units * (wmax / peak_int)
+        q = np.clip(np.rint(real_rows / unit[:, None]), -wmax, wmax) * unit[:, None]
+        err = np.square(real_rows - q).sum(1)
+        better = (err < best_err) & (unit <= coarsest)   # strict: ties keep the finer grid
+        best[better], best_err[better] = unit[better], err[better]
+    return best
 
 
 def _channel_path(graph: Graph, wnode: Node, pop: Node) -> bool:

@@ -30,6 +30,7 @@ def build_report(graph: Graph, sched: dict, check, target: str, options, seconds
                   "input_exp": graph.meta.get("input_exp"), "input_bits": graph.meta.get("input_bits")},
         "layers": layers, "latency": sched["latency"],
         "quantization": quantization_report(graph) if graph.meta.get("quantized") else [],
+        "bias_correction": graph.meta.get("bias_correction"),
         "alignment_nodes": len(sched["alignment"]),
     }
     if check is not None:
@@ -37,9 +38,12 @@ def build_report(graph: Graph, sched: dict, check, target: str, options, seconds
     return report
 
 
-def _quantization_markdown(rows: list[dict]) -> list[str]:
+def _quantization_markdown(rows: list[dict], corrected: dict | None) -> list[str]:
     if not rows:
         return []
+    bias = (f"Biases absorb the mean current lost to weight rounding on {corrected['samples']} "
+            "calibration samples." if corrected else
+            "Biases are not corrected for weight rounding (compile with --calib to do so).")
     lines = ["", "## Fixed-point weights", "",
              "| layer | weights | non-zero kept | mantissa (effective) bits | exponent | "
              "max error / max weight | units |",
@@ -47,6 +51,7 @@ def _quantization_markdown(rows: list[dict]) -> list[str]:
     lines += [f"| {r['layer']} | {r['weights']} | {100 * r['nonzero_kept']:.1f}% | "
               f"{r['mantissa_bits']} | {r['weight_exp']} | {r['max_error']:.3g} | "
               f"{r.get('units', 'per layer')} |" for r in rows]
+    lines += ["", bias]
     return lines + [f"- warning: {r['warning']}" for r in rows if "warning" in r]
 
 
@@ -81,7 +86,8 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {r['layer']} | {r['neuron']} | {r['T']} | {r['neurons']} | "
                      f"{r['window']} | {th} | {ins} |")
     lines += _input_markdown(report["input"])
-    lines += _quantization_markdown(report.get("quantization", []))
+    lines += _quantization_markdown(report.get("quantization", []),
+                                    report.get("bias_correction"))
     budget = report.get("budget")
     if budget and budget.get("markdown"):
         lines += ["", "## Hardware budget", "", budget["markdown"]]

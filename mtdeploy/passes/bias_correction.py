@@ -1,0 +1,115 @@
+"""Calibration-based bias correction: each neuron's bias absorbs the mean current that rounding
+its weights costs it on sample inputs (docs/semantics.md §3, "Bias correction").
+
+Rounding a channel's weights leaves an error ``dW`` whose current ``dW . x`` has a non-zero
+mean wherever the inputs do (QCFS outputs are never negative, images rarely centred): on the
+random mixed-level CNNs of ``benchmarks/bench_quantization.py`` that mean is most of the
+error. Its expectation over calibration samples is a per-neuron constant, so the integer bias
+cancels it exactly as far as the samples represent the data; only the zero-mean part of the
+rounding noise is left. The correction is measured on the float ANN's activations (what every
+layer should receive), one batch of samples at a time, keeping only the activations that a
+later node or correction still reads.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from mtdeploy.ir.graph import Graph, Node
+from mtdeploy.ir.kind import kind_of
+from mtdeploy.ir.snn import is_population, populations, tree_nodes
+from mtdeploy.kinds.neurons import units_of
+
+#: activations one batch may hold (float32 elements), which sizes the batches
+BATCH_ELEMENTS = 2 ** 25
+
+
+def correct_biases(graph: Graph, calib, max_samples: int) -> dict[str, float]:
+    """Add to every population's ``bias_int`` the mean (over at most ``max_samples`` of
+    ``calib``) of the current its weights' rounding loses, in its integer units. Returns per
+    population the largest correction in units; a population whose error path holds a
+    non-linear node (a max pool after the weights) is left as it is."""
+    x = np.asarray(calib)[:max_samples]
+    pops = [p for p in populations(graph) if p.inputs]
+    trees = {p.name: tree_nodes(graph, p) for p in pops}
+    last_use = _last_uses(graph, trees)
+    largest = max((n.size for n in graph), default=1)
+    batch = int(np.clip(BATCH_ELEMENTS // max(1, largest), 1, len(x)))
+    sums: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            chunk = torch.as_tensor(x[start:start + batch], dtype=torch.float32)
+            for name, err in _batch_errors(graph, chunk, trees, last_use):
+                total = err.sum(0)
+                sums[name] = total if name not in sums else sums[name] + total
+    moved = {}
+    for pop in pops:
+        if pop.name not in sums:
+            continue
+        mean = sums[pop.name].double().numpy() / len(x)
+        delta = np.rint(mean / units_of(pop)).astype(np.int64)
+        pop.params["bias_int"] = np.asarray(pop.params["bias_int"], np.int64) + delta
+        moved[pop.name] = float(np.abs(delta).max(initial=0))
+    return moved
+
+
+def _last_uses(graph: Graph, trees: dict[str, list[Node]]) -> dict[str, int]:
+    """Per node, the position of the last node that reads its value: a consumer, or the
+    population whose correction reads the inputs of its tree's weighted ops."""
+    order = {n.name: k for k, n in enumerate(graph)}
+    last = {n.name: order[n.name] for n in graph}
+    for node in graph:
+        for i in node.inputs:
+            last[i] = max(last[i], order[node.name])
+    for pop_name, tree in trees.items():
+        for node in tree:
+            if kind_of(node).weighted:
+                for i in node.inputs:
+                    last[i] = max(last[i], order[pop_name])
+    return last
+
+
+def _batch_errors(graph: Graph, x: torch.Tensor, trees, last_use):
+    """The float ANN on one batch, node by node; at each population, its rounding error."""
+    values: dict[str, torch.Tensor] = {}
+    for k, node in enumerate(graph):
+        kind = kind_of(node)
+        values[node.name] = x if kind.role == "source" else \
+            kind.forward(node, *[values[i] for i in node.inputs])
+        if is_population(node) and node.name in trees:
+            err = _rounding_error(node, trees[node.name], values)
+            if err is not None:
+                yield node.name, err
+        for i in [*node.inputs, node.name]:
+            if last_use[i] <= k:
+                values.pop(i, None)
+
+
+def _rounding_error(pop: Node, tree: list[Node], values) -> torch.Tensor | None:
+    """``pop``'s float input current with the rounded weights minus the exact one, negated
+    (what the bias must add back); None where a non-linear node lies on the error's path."""
+    err: dict[str, torch.Tensor] = {}
+    for node in tree:
+        kind = kind_of(node)
+        if kind.weighted and "weight_int" in node.params:
+            err[node.name] = kind.forward(_rounding_residual(node), values[node.inputs[0]])
+        elif any(i in err for i in node.inputs):
+            if not kind.linear_map:
+                return None
+            err[node.name] = kind.forward(node, *[err[i] if i in err else torch.zeros_like(values[i])
+                                                  for i in node.inputs])
+    return err.get(pop.inputs[0])
+
+
+def _rounding_residual(node: Node) -> Node:
+    """A copy of the weighted ``node`` whose weights are what rounding took off (W - W_int /
+    scale) and whose bias is zero."""
+    weight = np.asarray(node.params["weight"], np.float64)
+    scale = np.asarray(node.params.get("weight_scale", node.attrs["weight_scale"]), np.float64)
+    scale = scale.reshape(-1, *[1] * (weight.ndim - 1)) if scale.ndim else scale
+    residual = copy.copy(node)
+    residual.params = {"weight": (weight - node.params["weight_int"] / scale).astype(np.float32),
+                       "bias": np.zeros(weight.shape[0], np.float32)}
+    return residual
