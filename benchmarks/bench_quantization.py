@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,31 +65,62 @@ def logit_spread(ann: np.ndarray) -> dict:
 
 
 # ---- random mixed-level CNNs ---------------------------------------------------------------
-#: (scaling, per_channel, weight bits, input bits): the last rows show what the 8-bit input
-#: and the 8-bit mantissa each cost on these networks
-CNN_CONFIGS = [("per-layer", False, 8, 8), ("per-channel", True, 8, 8),
-               ("per-channel i12", True, 8, 12), ("per-channel w12/i12", True, 12, 12)]
+#: (scaling, per_channel, weight bits, input bits, calibration bias correction): the default
+#: compile, then what --calib and --input-bits 12 each add, then 12-bit weights (not Loihi 2's
+#: 8-bit mantissa) for the limit the mantissa sets
+CNN_CONFIGS = [("per-layer", False, 8, 8, False), ("per-channel", True, 8, 8, False),
+               ("per-channel +calib", True, 8, 8, True),
+               ("per-channel +calib i12", True, 8, 12, True),
+               ("per-channel w12/i12", True, 12, 12, False)]
+CALIB_SAMPLES = 512
 
 
 def random_cnn_rows(n: int, samples: int) -> list[dict]:
     rows = []
-    for scaling, per_channel, weight_bits, input_bits in CNN_CONFIGS:
+    for scaling, per_channel, weight_bits, input_bits, calibrated in CNN_CONFIGS:
         rng = np.random.default_rng(0)
+        calib_rng = np.random.default_rng(1)      # never the evaluation inputs' stream
         scores = []
-        for _ in range(n):
+        for _ in tqdm(range(n), desc=scaling, leave=False):
             graph = random_cnn(rng, size=8, channels=(6, 8), classes=10,
                                levels=[int(v) for v in rng.integers(1, 17, 2)])
+            calib = calib_rng.uniform(-0.2, 1.4, (CALIB_SAMPLES, *graph.input.shape))
             snn = quantize(convert(graph, ConvertOptions(input_max=1.5)),
-                           weight_bits=weight_bits, input_bits=input_bits, per_channel=per_channel)
+                           weight_bits=weight_bits, input_bits=input_bits,
+                           per_channel=per_channel, calib=calib if calibrated else None)
             x = rng.uniform(-0.2, 1.4, (samples, *graph.input.shape))
             scores.append(agreement(snn, x, ann_forward(snn, x).numpy())["argmax_agreement"])
+        scores = np.asarray(scores)
         rows.append({"case": f"random mixed-level CNNs (n={n})", "scaling": scaling,
-                     "argmax_agreement": float(np.mean(scores)),
-                     "argmax_agreement_min": float(np.min(scores))})
+                     "argmax_agreement": float(scores.mean()),
+                     "argmax_agreement_sem": float(scores.std(ddof=1) / np.sqrt(n)),
+                     "argmax_agreement_min": float(scores.min())})
     return rows
 
 
-# ---- digits -------------------------------------------------------------------------------
+# ---- trained models: digits and Fashion-MNIST ---------------------------------------------------
+#: (scaling, per_channel, input bits, calibration bias correction)
+TRAINED_CONFIGS = [("per-layer", False, 8, False), ("per-channel", True, 8, False),
+                   ("per-channel +calib", True, 8, True),
+                   ("per-channel +calib i12", True, 12, True)]
+
+
+def trained_rows(case: str, graph, x, y, calib) -> list[dict]:
+    """Float SNN vs fixed point (each configuration) on a trained model's test set."""
+    float_acc = float((simulate(convert(graph, ConvertOptions()), x, mode="float",
+                                record=False).output.argmax(1) == y).mean())
+    rows = []
+    for scaling, per_channel, input_bits, calibrated in TRAINED_CONFIGS:
+        snn = quantize(convert(graph, ConvertOptions()), input_bits=input_bits,
+                       per_channel=per_channel, calib=calib if calibrated else None)
+        fixed_acc = float((simulate(snn, x, mode="fixed", record=False).output.argmax(1)
+                           == y).mean())
+        rows.append({"case": f"{case} ({len(y)} test samples)", "scaling": scaling,
+                     "float_snn_accuracy": float_acc, "fixed_accuracy": fixed_acc,
+                     "points_lost": 100 * (float_acc - fixed_acc)})
+    return rows
+
+
 def digits_rows(work: Path) -> list[dict]:
     from bench_conversion_digits import _train_example
 
@@ -96,18 +128,28 @@ def digits_rows(work: Path) -> list[dict]:
 
     model_dir = _train_example(work / "digits", "8,4,2,4", None)
     data = np.load(model_dir / "digits_test.npz")
-    x, y = data["x"].astype(np.float64), data["y"]
+    calib = np.load(model_dir / "digits_calib.npz")["x"].astype(np.float64)
     graph = load_model(model_dir / "model.pt", input_shape=(1, 8, 8))
-    float_snn = convert(graph, ConvertOptions())
-    float_acc = float((simulate(float_snn, x, mode="float").output.argmax(1) == y).mean())
-    rows = []
-    for scaling, per_channel in SCALINGS.items():
-        snn = quantize(convert(graph, ConvertOptions()), per_channel=per_channel)
-        fixed_acc = float((simulate(snn, x, mode="fixed").output.argmax(1) == y).mean())
-        rows.append({"case": f"digits (trained, {len(y)} test samples)", "scaling": scaling,
-                     "float_snn_accuracy": float_acc, "fixed_accuracy": fixed_acc,
-                     "points_lost": 100 * (float_acc - fixed_acc)})
-    return rows
+    return trained_rows("digits (trained, levels 8,4,2,4)", graph,
+                        data["x"].astype(np.float64), data["y"], calib)
+
+
+FASHION_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_rows() -> list[dict]:
+    """The Fashion-MNIST example model (levels 8,8,8,8, 2 epochs, seed 0: bench_fashion.py's
+    base model, cached under build/fashion/) on all 10,000 test images; calibration data is
+    the example's calibration split (training images)."""
+    from bench_fashion import EXAMPLE
+
+    from mtdeploy.api import load_model
+
+    split = EXAMPLE.load_split()
+    model = EXAMPLE.trained_model(split, [8, 8, 8, 8], 2, 0)
+    x, y = split["test"]
+    return trained_rows("fashion-mnist (trained, levels 8,8,8,8)", load_model(model),
+                        x.astype(np.float64), y, split["calib"][0][:CALIB_SAMPLES])
 
 
 # ---- ResNet-18, ImageNet layout, 32 px ------------------------------------------------------
@@ -182,7 +224,7 @@ def resnet18_rows(samples: int, bn: str) -> list[dict]:
 
 def _print(rows: list[dict]) -> None:
     for r in rows:
-        head = f"{r['case']:<40} {r['scaling']:<11}"
+        head = f"{r['case']:<40} {r['scaling']:<23}"
         if "fixed_accuracy" in r:
             print(f"{head} float SNN {100 * r['float_snn_accuracy']:.2f}%  fixed "
                   f"{100 * r['fixed_accuracy']:.2f}%  ({r['points_lost']:+.2f} points lost)")
@@ -194,16 +236,19 @@ def _print(rows: list[dict]) -> None:
                   f"{r['median_top2_margin']:.3g}; ANN vs ANN(x+1e-5 noise) "
                   f"{r['ann_self_agreement_noise_1e-5']:.3f}")
         else:
-            print(f"{head} agreement {r['argmax_agreement']:.4f}  (worst network "
+            print(f"{head} agreement {r['argmax_agreement']:.4f} +- "
+                  f"{r['argmax_agreement_sem']:.4f} (s.e.m.; worst network "
                   f"{r['argmax_agreement_min']:.3f})")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--cnns", type=int, default=20)
+    ap.add_argument("--cnns", type=int, default=50)
     ap.add_argument("--skip-cnns", action="store_true")
     ap.add_argument("--skip-digits", action="store_true")
+    ap.add_argument("--skip-fashion", action="store_true",
+                    help="(skipped anyway when Fashion-MNIST is not installed)")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--work", default=str(HERE.parent / "build" / "bench-quantization"))
     ap.add_argument("-o", "--output", default=str(HERE / "results" / "quantization.json"))
@@ -212,6 +257,12 @@ def main(argv=None) -> int:
     stages = [] if a.skip_cnns else [("random CNNs", lambda: random_cnn_rows(a.cnns, a.samples))]
     if not a.skip_digits:
         stages.append(("digits", lambda: digits_rows(Path(a.work))))
+    if not a.skip_fashion:
+        if FASHION_DATA.is_dir():
+            stages.append(("fashion-mnist", fashion_rows))
+        else:
+            print(f"fashion-mnist: skipped ({FASHION_DATA} is missing; apt-get install "
+                  "dataset-fashion-mnist)", file=sys.stderr)
     if not a.skip_resnet:
         stages += [(f"resnet18 {bn}", lambda bn=bn: resnet18_rows(a.samples, bn))
                    for bn in ("randomize_bn", "data_bn")]

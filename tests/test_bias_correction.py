@@ -13,6 +13,7 @@ from torch import nn
 
 from mtdeploy.api import compile_model
 from mtdeploy.cli import main
+from mtdeploy.frontends import graph_from_module
 from mtdeploy.nn import QCFS, save_traced
 from mtdeploy.passes import ConvertOptions, convert, quantize
 from mtdeploy.sim.reference import simulate
@@ -130,3 +131,39 @@ def test_compile_reports_the_correction_and_the_cli_sets_the_input_width(tmp_pat
                  "--input-bits", "1"]) == 2
     assert capsys.readouterr().err.startswith("mtdeploy: error: --input-bits")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_wide_input_build_keeps_a_loadable_stock_netx_file(tmp_path):
+    """A first layer's integer bias grows 16x with 12-bit inputs, past netx's 13-bit bias
+    mantissa; the stock layers then come from the 8-bit-input per-layer quantization."""
+    from mtdeploy.frontends.netx import read_netx, stock_run_settings
+    from mtdeploy.passes.quantize import per_layer_copy
+    from mtdeploy.targets.loihi2.netx.plan import readout_logits
+    from mtdeploy.targets.loihi2.netx.writer import write_netx
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 12), QCFS(1, 1.0), nn.Linear(12, 3)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(0.3)
+    graph = graph_from_module(model, (16,))
+    for scaling in (True, False):
+        snn = quantize(convert(graph, ConvertOptions(timesteps=1, input_max=1.0)),
+                       input_bits=12, per_channel=scaling)
+        assert np.abs(snn[next(n.name for n in snn if n.kind == "qcfs")].params["bias_int"]).max() > 4095
+        path = tmp_path / f"net{scaling}.net"
+        write_netx(snn, path)
+        run = stock_run_settings(path)
+        assert run["exact"] is False and run["extension_input_bits"] == 12
+        assert run["input_message_bits"] == 8
+        flat = per_layer_copy(snn, max_input_bits=8)
+        assert run["input_exp"] == flat.meta["input_exp"]
+        x = np.random.default_rng(0).uniform(0, 1, (16, 16))
+        x_int = np.clip(np.round(x * 2.0 ** run["input_exp"]), -127, 127)
+        stock = read_netx(path, use_extension=False)
+        got = simulate(stock, x_int, mode="fixed").output
+        assert np.array_equal(readout_logits(got * 2 ** run["act_shift"], run),
+                              simulate(flat, x, mode="fixed").output)
+        back = read_netx(path)      # the extension is the 12-bit build
+        assert back.meta["input_bits"] == 12
+        assert np.array_equal(simulate(back, x, mode="fixed").output,
+                              simulate(snn, x, mode="fixed").output)

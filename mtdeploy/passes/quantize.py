@@ -89,14 +89,19 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT
     return graph
 
 
-def per_layer_copy(graph: Graph) -> Graph:
+def per_layer_copy(graph: Graph, max_input_bits: int | None = None) -> Graph:
     """A quantized graph again with one unit per population (what a target without per-neuron
-    thresholds runs, e.g. stock NetX's one ``vThMant`` per layer); ``graph`` itself when it
-    has no per-channel units."""
-    if not any(CHANNEL_UNIT in n.params for n in graph):
+    thresholds runs, e.g. stock NetX's one ``vThMant`` per layer) and inputs at most
+    ``max_input_bits`` wide; ``graph`` itself when it already is that. Biases are not
+    corrected (the calibration data is not kept)."""
+    if not graph.meta.get("quantized"):
         return graph
-    return quantize(graph.copy(), graph.meta["weight_bits"], graph.meta["input_bits"],
-                    per_channel=False)
+    bits = int(graph.meta["input_bits"])
+    narrower = max_input_bits is not None and bits > max_input_bits
+    if not narrower and not any(CHANNEL_UNIT in n.params for n in graph):
+        return graph
+    return quantize(graph.copy(), graph.meta["weight_bits"],
+                    max_input_bits if narrower else bits, per_channel=False)
 
 
 def _branches(graph: Graph, pop: Node, input_unit: float):

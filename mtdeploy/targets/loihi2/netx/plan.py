@@ -33,6 +33,9 @@ from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, bias_range_problem, v
 # Block k (1-based) sees input step t at step t + k (each synapse adds one step), so windows of
 # `reset_interval` steps line up with the data when netx's per-layer reset offsets start at 1.
 RESET_OFFSET = 1
+#: the stock layers' input width: a first layer's integer bias grows with it, and netx holds
+#: biases in a 13-bit mantissa (bias_exp 6); a build with wider inputs keeps them in /mtdeploy
+STOCK_INPUT_BITS = 8
 
 
 @dataclass
@@ -137,19 +140,24 @@ def plan_netx(graph: Graph) -> StockPlan:
 
     Structure stock NetX cannot express (it is a chain: each layer reads only the layer before)
     is collected as findings, each naming its node, and raised together. Stock netx has one
-    ``vThMant`` per layer, so a graph quantized per channel is planned from its per-layer
-    quantization (the ``/mtdeploy`` extension keeps the per-channel network), made only once
-    the structure is known to have a stock form.
+    ``vThMant`` per layer, so a graph quantized per channel (or with inputs wider than
+    :data:`STOCK_INPUT_BITS`) is planned from its per-layer, 8-bit-input quantization (the
+    ``/mtdeploy`` extension keeps the network as built), made only once the structure is
+    known to have a stock form.
     """
-    if any(CHANNEL_UNIT in n.params for n in graph):
+    if any(CHANNEL_UNIT in n.params for n in graph) or \
+            graph.meta.get("input_bits", STOCK_INPUT_BITS) > STOCK_INPUT_BITS:
         _chain_plan(graph, layers=False)      # a network without a stock form stops here
-    flat = per_layer_copy(graph)
+    flat = per_layer_copy(graph, max_input_bits=STOCK_INPUT_BITS)
     plan, blocks, steps = _chain_plan(flat, layers=True)
     plan.run = _run_record(flat, plan, blocks, steps)
-    # the stock layers always have one unit per layer: with per-channel units in the
-    # extension they run the per-layer network, never exactly the extension's
+    # the stock layers always have one unit per layer and inputs of at most 8 bits: with
+    # per-channel units or wider inputs in the extension they run another quantization of
+    # the network, never exactly the extension's
     if flat is not graph:
-        plan.run.update(exact=False, extension_scaling="per-channel")
+        plan.run.update(exact=False, extension_scaling="per-channel" if any(
+            CHANNEL_UNIT in n.params for n in graph) else "per-layer",
+            extension_input_bits=int(graph.meta["input_bits"]))
     return plan
 
 
