@@ -423,13 +423,15 @@ OPTION_POOLS = {
     "--alignment": ["avg-repeat", "ttm", "none", "bogus"],
     "--neuron": ["if", "tpp", "lif"],
     "--v-init": NUMBERS, "--input-max": NUMBERS, "--weight-bits": NUMBERS, "--seed": NUMBERS,
+    "--input-bits": NUMBERS,
 }
 
 
 VALID_OPTIONS = {"--timesteps": ["1", "2", "8", '{"2": 3}'], "--input-shape": ["1,4,4", "16"],
                  "--alignment": ["avg-repeat", "ttm"], "--neuron": ["if", "tpp"],
                  "--v-init": ["0", "0.5", "1"], "--input-max": ["1", "2.5", "0.3"],
-                 "--weight-bits": ["2", "8", "16"], "--seed": ["0", "1", "8"]}
+                 "--weight-bits": ["2", "8", "16"], "--seed": ["0", "1", "8"],
+                 "--input-bits": ["4", "8", "12", "16"]}
 
 
 def options(data, names: list[str]) -> list[str]:
@@ -469,7 +471,8 @@ def test_fuzz_compile(assets, data):
         out, previous = output_dir(data, assets, case)
         argv = ["compile", model, "-o", out,
                 *options(data, ["--timesteps", "--input-shape", "--alignment", "--neuron",
-                                "--v-init", "--input-max", "--weight-bits", "--seed"]),
+                                "--v-init", "--input-max", "--weight-bits", "--seed",
+                                "--input-bits"]),
                 *flags(data, ["--trust-pickle", "--per-layer-scaling"])]
         if data.draw(st.booleans(), label="calib?"):
             argv += ["--calib", data_file(data, assets, case)]
