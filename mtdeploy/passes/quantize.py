@@ -22,7 +22,7 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds, unit_shaped
-from mtdeploy.passes.bias_correction import correct_biases
+from mtdeploy.passes.bias_correction import correct_biases, samples_for
 from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
@@ -64,7 +64,7 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT
     power-of-two unit per population (``--per-layer-scaling``). ``calib``: sample inputs
     (N, *input_shape); each neuron's bias then also absorbs the mean current that rounding
     the weights costs it on them (passes/bias_correction.py), from at most
-    :data:`CALIB_SAMPLES` of them."""
+    :data:`CALIB_SAMPLES` of them (fewer for a large network: ``samples_for``)."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
     weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
@@ -80,7 +80,7 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT
             _quantize_population(graph, pop, wmax, input_unit, bool(per_channel))
     graph.meta.pop("bias_correction", None)
     if calib is not None and len(calib):
-        n = min(len(calib), CALIB_SAMPLES)
+        n = samples_for(graph, len(calib), CALIB_SAMPLES)
         correct_biases(graph, calib, n)
         graph.meta["bias_correction"] = {"samples": n}
         for pop in populations(graph):
