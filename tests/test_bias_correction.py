@@ -167,3 +167,20 @@ def test_a_wide_input_build_keeps_a_loadable_stock_netx_file(tmp_path):
         assert back.meta["input_bits"] == 12
         assert np.array_equal(simulate(back, x, mode="fixed").output,
                               simulate(snn, x, mode="fixed").output)
+
+
+def test_a_residual_join_is_corrected_and_its_identity_path_adds_no_error():
+    from mtdeploy.testing import random_residual
+
+    graph = random_residual(np.random.default_rng(2), size=6, channels=3, classes=4,
+                            levels=[4, 4, 4])
+    x = np.random.default_rng(3).uniform(0, 1, (64, 1, 6, 6))
+    snn = quantize(convert(graph, ConvertOptions(input_max=1.0)), calib=x)
+    plain = quantize(convert(graph, ConvertOptions(input_max=1.0)))
+    assert snn.meta["bias_correction"] == {"samples": 64}
+    joined = [p for p in snn if p.kind == "qcfs" and len(p.inputs) and any(
+        snn[n].kind == "add" for n in [i for i in snn[p.name].inputs])]
+    assert joined, "the residual population"
+    assert any(np.any(p.params["bias_int"] != plain[p.name].params["bias_int"]) for p in joined)
+    assert np.array_equal(simulate(snn, x[:16], mode="fixed").output,
+                          simulate(snn, x[:16], mode="ann-int").output)

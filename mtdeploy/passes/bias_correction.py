@@ -92,7 +92,7 @@ def _batch_errors(graph: Graph, x: torch.Tensor, trees, last_use):
         values[node.name] = x if kind.role == "source" else \
             kind.forward(node, *[values[i] for i in node.inputs])
         if is_population(node) and node.name in trees:
-            err = _rounding_error(node, trees[node.name], values)
+            err = _rounding_error(graph, node, trees[node.name], values)
             if err is not None:
                 yield node.name, err
         for i in [*node.inputs, node.name]:
@@ -100,9 +100,10 @@ def _batch_errors(graph: Graph, x: torch.Tensor, trees, last_use):
                 values.pop(i, None)
 
 
-def _rounding_error(pop: Node, tree: list[Node], values) -> torch.Tensor | None:
+def _rounding_error(graph: Graph, pop: Node, tree: list[Node], values) -> torch.Tensor | None:
     """``pop``'s float input current with the rounded weights minus the exact one, negated
-    (what the bias must add back); None where a non-linear node lies on the error's path."""
+    (what the bias must add back); None where a non-linear node lies on the error's path. A
+    path without weights (an identity shortcut) adds no error: zeros of its shape."""
     err: dict[str, torch.Tensor] = {}
     for node in tree:
         kind = kind_of(node)
@@ -111,8 +112,10 @@ def _rounding_error(pop: Node, tree: list[Node], values) -> torch.Tensor | None:
         elif any(i in err for i in node.inputs):
             if not kind.linear_map:
                 return None
-            err[node.name] = kind.forward(node, *[err[i] if i in err else torch.zeros_like(values[i])
-                                                  for i in node.inputs])
+            like = next(err[i] for i in node.inputs if i in err)
+            err[node.name] = kind.forward(node, *[
+                err[i] if i in err else like.new_zeros((len(like), *graph[i].shape))
+                for i in node.inputs])
     return err.get(pop.inputs[0])
 
 
