@@ -9,16 +9,25 @@ avg-repeat, so every difference here is quantization):
 * the trained digits model (examples/digits, levels 8,4,2,4): test accuracy of the float SNN
   and of the fixed-point SNN;
 * the ImageNet-layout QCFS ResNet-18 at 32x32 (random weights, QCFS thresholds calibrated to
-  the 99.9th percentile of their inputs), two ways of randomising BatchNorm: ``randomize_bn``
-  (statistics drawn independently of the activations) and ``data_bn`` (statistics measured on
-  calibration data, then perturbed, He-initialised weights, so the activations are not
-  swamped by the BN offsets). Per layer the share of non-zero weights kept; on 200 random
-  inputs the argmax agreement, how much the logits vary across samples (std, distinct ANN
-  classes, median top-2 margin), and the float ANN's own agreement with itself under input
-  noise of 1e-5 (a network whose argmax moves under that much noise cannot agree with any
-  fixed-point version of itself).
+  the 99.9th percentile of their inputs on 64 inputs of the case's kind), four constructions
+  (:data:`RESNET_CASES`): ``randomize_bn`` (BatchNorm statistics drawn independently of the
+  activations; uniform i.i.d. pixels); ``data_bn`` (He-initialised weights, statistics measured
+  on the calibration inputs, then perturbed; uniform pixels); and issue 16's must-show row,
+  ``data_bn`` with each residual block's last BatchNorm gamma in U(0.1, 0.3) (torchvision's
+  ``zero_init_residual`` generalised) on smooth random images (:func:`smooth_images`), also
+  with 16 QCFS levels. Each with per-layer units, per-channel units, and per-channel units with
+  12-bit inputs. Per layer the share of non-zero weights kept; on 200 random inputs
+  the argmax agreement, how much the logits vary across samples (std, distinct ANN classes,
+  median top-2 margin), the float ANN's own agreement with itself under input noise of 1e-5
+  and 1e-3, and (per-channel rows) the agreement when only the input or only one block's
+  weights are rounded, in the float ANN. A random deep QCFS network is chaotic: the share of
+  activations that 1e-5 of input noise moves grows several-fold per layer (printed for the
+  first populations and the last), so any perturbation (input noise, a rounded input, one
+  block's rounded weights) reaches a tenth of the last block's activations and moves the
+  argmax of many samples whose logits vary; no fixed-point version can agree beyond that.
 
-    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 20] [--skip-cnns|digits|resnet]
+    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 20] \
+        [--skip-cnns|digits|fashion|resnet]
 
 Prints a table and writes benchmarks/results/quantization.json.
 """
@@ -39,13 +48,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from architectures import calibrate, randomize_bn, resnet18  # noqa: E402
+from architectures import BasicBlock, calibrate, randomize_bn, resnet18  # noqa: E402
 
 from mtdeploy.frontends import graph_from_module  # noqa: E402
+from mtdeploy.ir.snn import populations  # noqa: E402
 from mtdeploy.passes import ConvertOptions, convert, quantize  # noqa: E402
 from mtdeploy.passes.quantize import quantization_report  # noqa: E402
 from mtdeploy.sim.ann import ann_forward  # noqa: E402
-from mtdeploy.sim.reference import simulate  # noqa: E402
+from mtdeploy.sim.reference import quantize_input, simulate  # noqa: E402
 from mtdeploy.testing import random_cnn  # noqa: E402
 
 SCALINGS = {"per-layer": False, "per-channel": True}
@@ -165,15 +175,21 @@ def he_init(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def data_bn(model: nn.Module, x: torch.Tensor, seed: int) -> nn.Module:
-    """BatchNorm as in a trained network but randomised: random affine parameters, running
-    statistics measured on ``x`` (layer by layer, each seeing the ones before it set) and then
-    perturbed (mean by N(0, 0.2) standard deviations, variance by a factor in [0.5, 2])."""
+def data_bn(model: nn.Module, x: torch.Tensor, seed: int,
+            residual_gamma: tuple[float, float] | None = None) -> nn.Module:
+    """BatchNorm as in a trained network but randomised: random affine parameters (gamma
+    U(0.6, 1.4), beta N(0, 0.2)), running statistics measured on ``x`` (layer by layer, each
+    seeing the ones before it set) and then perturbed (mean by N(0, 0.2) standard deviations,
+    variance by a factor in [0.5, 2]). ``residual_gamma``: each residual block's last gamma
+    drawn from U(lo, hi) instead (torchvision's ``zero_init_residual`` generalised: blocks
+    start near their shortcut)."""
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    last = {id(b.residual_function[-1]) for b in model.modules() if isinstance(b, BasicBlock)}
     with torch.no_grad():
         for m in bns:
-            m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.8 + 0.6)
+            lo, hi = residual_gamma if residual_gamma and id(m) in last else (0.6, 1.4)
+            m.weight.copy_(torch.rand(m.num_features, generator=gen) * (hi - lo) + lo)
             m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
         for m in bns:
             seen: list[torch.Tensor] = []
@@ -187,44 +203,128 @@ def data_bn(model: nn.Module, x: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
-def resnet18_model(bn: str) -> nn.Module:
+def smooth_images(n: int, seed: int, side: int = 32) -> torch.Tensor:
+    """Random images with natural images' coarse structure: a colour per image (channel means
+    U(0.2, 0.8)) plus Gaussian noise filtered to a 1/f^2 amplitude spectrum (std 0.1 per
+    image), clipped to [0, 1]. Uniform i.i.d. pixels are all high frequency, which a deep
+    network's pooled features average away."""
+    gen = torch.Generator().manual_seed(seed)
+    colour = torch.rand(n, 3, 1, 1, generator=gen) * 0.6 + 0.2
+    f = torch.fft.fftfreq(side)
+    gain = 1.0 / ((f[:, None] ** 2 + f[None, :] ** 2) * side ** 2).clamp(min=1.0)
+    texture = torch.fft.ifft2(torch.fft.fft2(torch.randn(n, 3, side, side, generator=gen))
+                              * gain).real
+    texture = texture - texture.mean((1, 2, 3), keepdim=True)
+    texture = texture / texture.std((1, 2, 3), keepdim=True) * 0.1
+    return (colour + texture).clamp(0, 1)
+
+
+def random_inputs(kind: str, n: int, seed: int) -> torch.Tensor:
+    if kind == "smooth":
+        return smooth_images(n, seed)
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+#: name: (BatchNorm construction, inputs, QCFS levels, residual gamma range); the last is the
+#: must-show row of issue 16
+RESNET_CASES = {
+    "randomize_bn": ("randomize_bn", "uniform", 8, None),
+    "data_bn": ("data_bn", "uniform", 8, None),
+    "data_bn small-residual smooth L16": ("data_bn", "smooth", 16, (0.1, 0.3)),
+    "data_bn small-residual smooth": ("data_bn", "smooth", 8, (0.1, 0.3)),
+}
+
+
+def resnet18_model(case: str) -> nn.Module:
+    """The case's model, its thresholds calibrated on 64 inputs of its kind."""
+    bn, inputs, levels, residual_gamma = RESNET_CASES[case]
     torch.manual_seed(0)
-    model = resnet18(imagenet=True)
-    calib = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    model = resnet18(imagenet=True, levels=levels)
+    calib = random_inputs(inputs, 64, 7)
     if bn == "randomize_bn":
         randomize_bn(model, seed=1)
     else:
-        data_bn(he_init(model, 3), calib, seed=1)
+        data_bn(he_init(model, 3), calib, seed=1, residual_gamma=residual_gamma)
     return calibrate(model, calib)
 
 
-def resnet18_rows(samples: int, bn: str) -> list[dict]:
-    model = resnet18_model(bn)
-    x = torch.rand(samples, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
+#: the ResNet's fixed-point variants: (name, per_channel, input bits); the rows with
+#: per-channel units also attribute the disagreement
+RESNET_SCALINGS = [("per-layer", False, 8), ("per-channel", True, 8), ("per-channel i12", True, 12)]
+
+
+def dequantized(node) -> np.ndarray:
+    """A quantized node's weights as the fixed-point network applies them (float64)."""
+    scale = np.asarray(node.params.get("weight_scale", node.attrs["weight_scale"]), np.float64)
+    return node.params["weight_int"] / scale.reshape(-1, *[1] * (node.params["weight"].ndim - 1))
+
+
+def attribution(snn, x: np.ndarray, ann: np.ndarray) -> dict:
+    """Argmax agreement with the ANN of the float ANN with one thing rounded as the fixed-point
+    network rounds it: the input (to its integer unit), one block's weights (stem, each
+    residual block, classifier), all weights, or all weights and the input: which rounding
+    moves the argmax."""
+    def block(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if parts[0] == "stages" else parts[0]
+
+    weighted = [n.name for n in snn if "weight_int" in n.params]
+    groups = {"input": []}
+    for name in weighted:
+        groups.setdefault(block(name), []).append(name)
+    groups["all weights"] = groups["input+weights"] = weighted
+    x_int, _ = quantize_input(snn, torch.as_tensor(x, dtype=torch.float64))
+    x_rounded = (x_int * 2.0 ** -snn.meta["input_exp"]).numpy()
+    out = {}
+    for group, names in groups.items():
+        g = snn.copy()
+        for name in names:
+            g[name].params["weight"] = dequantized(g[name])
+        xi = x_rounded if group.startswith("input") else x
+        out[group] = float(np.mean(ann_forward(g, xi).numpy().argmax(1) == ann.argmax(1)))
+    return out
+
+
+def resnet18_rows(samples: int, case: str) -> list[dict]:
+    model = resnet18_model(case)
+    inputs = RESNET_CASES[case][1]
+    x = random_inputs(inputs, samples, 5).numpy().astype(np.float64)
     graph = convert(graph_from_module(model, (3, 32, 32)), ConvertOptions(input_max=1.0))
-    ann = ann_forward(graph, x).numpy()
-    noisy = x + np.random.default_rng(9).uniform(-1e-5, 1e-5, x.shape)
-    self_agreement = float(np.mean(ann_forward(graph, noisy).numpy().argmax(1) == ann.argmax(1)))
+    clean = ann_forward(graph, x, return_all=True)
+    ann = clean[graph.output].numpy()
+    self_agreement = {}
+    for noise in (1e-5, 1e-3):
+        noisy = ann_forward(graph, x + np.random.default_rng(9).uniform(-noise, noise, x.shape),
+                            return_all=True)
+        self_agreement[f"ann_self_agreement_noise_{noise:g}"] = float(
+            np.mean(noisy[graph.output].numpy().argmax(1) == ann.argmax(1)))
+        if noise == 1e-5:     # how the perturbation spreads: the share of activations it moves
+            self_agreement["changed_activations_noise_1e-05"] = {
+                p.name: float((clean[p.name] != noisy[p.name]).double().mean())
+                for p in populations(graph) if p.inputs and p.name != graph.output}
     rows = []
-    for scaling, per_channel in SCALINGS.items():
+    for scaling, per_channel, input_bits in RESNET_SCALINGS:
         t0 = time.perf_counter()
-        snn = quantize(graph.copy(), per_channel=per_channel)
+        snn = quantize(graph.copy(), per_channel=per_channel, input_bits=input_bits)
         seconds = time.perf_counter() - t0
         report = quantization_report(snn)
         worst = min(report, key=lambda r: r["nonzero_kept"])
-        rows.append({"case": f"resnet18-imagenet-32px {bn}", "scaling": scaling,
-                     "quantize_seconds": seconds, "layers": len(report),
-                     "min_nonzero_kept": worst["nonzero_kept"], "worst_layer": worst["layer"],
-                     "layers_below_95pct": sum(r["nonzero_kept"] < 0.95 for r in report),
-                     "per_channel_layers": sum(r["units"] == "per channel" for r in report),
-                     "ann_self_agreement_noise_1e-5": self_agreement,
-                     **logit_spread(ann), **agreement(snn, x, ann)})
+        row = {"case": f"resnet18-imagenet-32px {case}", "scaling": scaling, "inputs": inputs,
+               "levels": RESNET_CASES[case][2], "input_bits": input_bits,
+               "quantize_seconds": seconds, "layers": len(report),
+               "min_nonzero_kept": worst["nonzero_kept"], "worst_layer": worst["layer"],
+               "layers_below_95pct": sum(r["nonzero_kept"] < 0.95 for r in report),
+               "per_channel_layers": sum(r["units"] == "per channel" for r in report),
+               **self_agreement, **logit_spread(ann), **agreement(snn, x, ann)}
+        if per_channel:
+            row["agreement_rounding_only"] = attribution(snn, x, ann)
+        rows.append(row)
     return rows
 
 
 def _print(rows: list[dict]) -> None:
     for r in rows:
-        head = f"{r['case']:<40} {r['scaling']:<23}"
+        head = f"{r['case']:<56} {r['scaling']:<23}"
         if "fixed_accuracy" in r:
             print(f"{head} float SNN {100 * r['float_snn_accuracy']:.2f}%  fixed "
                   f"{100 * r['fixed_accuracy']:.2f}%  ({r['points_lost']:+.2f} points lost)")
@@ -232,9 +332,17 @@ def _print(rows: list[dict]) -> None:
             print(f"{head} agreement {r['argmax_agreement']:.3f}  min kept "
                   f"{100 * r['min_nonzero_kept']:.1f}% ({r['worst_layer']}), "
                   f"{r['layers_below_95pct']} layers < 95%; logit std "
-                  f"{r['logit_std_over_samples']:.3g}, {r['ann_classes']} ANN classes, top-2 margin "
-                  f"{r['median_top2_margin']:.3g}; ANN vs ANN(x+1e-5 noise) "
-                  f"{r['ann_self_agreement_noise_1e-5']:.3f}")
+                  f"{r['logit_std_over_samples']:.3g}, {r['ann_classes']} ANN classes, "
+                  f"top-2 margin {r['median_top2_margin']:.3g}; ANN vs ANN(x+noise) "
+                  f"{r['ann_self_agreement_noise_1e-05']:.3f} (1e-5), "
+                  f"{r['ann_self_agreement_noise_0.001']:.3f} (1e-3)")
+            if r["scaling"] == "per-layer":
+                changed = list(r["changed_activations_noise_1e-05"].items())
+                print("    activations moved by 1e-5 input noise: " + ", ".join(
+                    f"{k} {v:.1e}" for k, v in changed[:4] + changed[-1:]))
+            if "agreement_rounding_only" in r:
+                print("    rounding only: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in r["agreement_rounding_only"].items()))
         else:
             print(f"{head} agreement {r['argmax_agreement']:.4f} +- "
                   f"{r['argmax_agreement_sem']:.4f} (s.e.m.; worst network "
@@ -264,8 +372,8 @@ def main(argv=None) -> int:
             print(f"fashion-mnist: skipped ({FASHION_DATA} is missing; apt-get install "
                   "dataset-fashion-mnist)", file=sys.stderr)
     if not a.skip_resnet:
-        stages += [(f"resnet18 {bn}", lambda bn=bn: resnet18_rows(a.samples, bn))
-                   for bn in ("randomize_bn", "data_bn")]
+        stages += [(f"resnet18 {case}", lambda case=case: resnet18_rows(a.samples, case))
+                   for case in RESNET_CASES]
     rows: list[dict] = []
     for k, (name, stage) in enumerate(stages, 1):
         t0 = time.perf_counter()
