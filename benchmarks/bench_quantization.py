@@ -322,6 +322,63 @@ def resnet18_rows(samples: int, case: str) -> list[dict]:
     return rows
 
 
+#: (scaling, per_channel, input bits, calibration bias correction) for the trained ResNet-18
+TRAINED_RESNET_CONFIGS = TRAINED_CONFIGS
+
+
+def fashion_32px(x: np.ndarray) -> np.ndarray:
+    """Fashion-MNIST (N, 1, 28, 28) as the 3x32x32 images a CIFAR-sized ResNet takes: padded
+    by 2 pixels and repeated over the colour channels."""
+    return np.repeat(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1)
+
+
+def trained_resnet18_rows(samples: int, work: Path, train_images: int = 12000) -> list[dict]:
+    """The same ImageNet-layout QCFS ResNet-18 at 32 px (levels 8), trained for one epoch on
+    ``train_images`` Fashion-MNIST images (cached under ``work``): a network whose argmax
+    follows its input, unlike the random ones above. Agreement on the first ``samples`` test
+    images; calibration data (bias correction) is 256 other training images."""
+    from bench_fashion import EXAMPLE
+
+    split = EXAMPLE.load_split()
+    common = EXAMPLE._load_common()
+    cached = work / f"resnet18_fashion32_n{train_images}.pt"
+    common.seed_everything(0, 2)
+    model = resnet18(imagenet=True)
+    x_train, y_train = split["train"]
+    x_test, y_test = split["test"]
+    if cached.is_file():
+        model.load_state_dict(torch.load(cached, weights_only=True))
+    else:
+        data = common.DigitsSplit(fashion_32px(x_train[:train_images]), y_train[:train_images],
+                                  fashion_32px(x_test[:1000]), y_test[:1000])
+        common.train(model, data, 1, 0, batch_size=128, log=lambda *a: print(*a, file=sys.stderr),
+                     progress=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), cached)
+    model.eval()
+    x = fashion_32px(x_test[:samples]).astype(np.float64)
+    calib = fashion_32px(x_train[train_images:train_images + 256])
+    graph = convert(graph_from_module(model, (3, 32, 32)), ConvertOptions(input_max=1.0))
+    ann = ann_forward(graph, x).numpy()
+    noisy = ann_forward(graph, x + np.random.default_rng(9).uniform(-1e-5, 1e-5, x.shape)).numpy()
+    shared = {"ann_test_accuracy": float((ann.argmax(1) == y_test[:samples]).mean()),
+              "ann_self_agreement_noise_1e-05": float(np.mean(noisy.argmax(1) == ann.argmax(1))),
+              **logit_spread(ann)}
+    rows = []
+    for scaling, per_channel, input_bits, calibrated in TRAINED_RESNET_CONFIGS:
+        snn = quantize(graph.copy(), per_channel=per_channel, input_bits=input_bits,
+                       calib=calib if calibrated else None)
+        report = quantization_report(snn)
+        worst = min(report, key=lambda r: r["nonzero_kept"])
+        rows.append({"case": f"resnet18-imagenet-32px trained (fashion, {train_images} images, "
+                             "1 epoch)", "scaling": scaling, "input_bits": input_bits,
+                     "min_nonzero_kept": worst["nonzero_kept"], "worst_layer": worst["layer"],
+                     "layers_below_95pct": sum(r["nonzero_kept"] < 0.95 for r in report),
+                     "per_channel_layers": sum(r["units"] == "per channel" for r in report),
+                     "layers": len(report), **shared, **agreement(snn, x, ann)})
+    return rows
+
+
 def _print(rows: list[dict]) -> None:
     for r in rows:
         head = f"{r['case']:<56} {r['scaling']:<23}"
@@ -334,9 +391,12 @@ def _print(rows: list[dict]) -> None:
                   f"{r['layers_below_95pct']} layers < 95%; logit std "
                   f"{r['logit_std_over_samples']:.3g}, {r['ann_classes']} ANN classes, "
                   f"top-2 margin {r['median_top2_margin']:.3g}; ANN vs ANN(x+noise) "
-                  f"{r['ann_self_agreement_noise_1e-05']:.3f} (1e-5), "
-                  f"{r['ann_self_agreement_noise_0.001']:.3f} (1e-3)")
-            if r["scaling"] == "per-layer":
+                  f"{r['ann_self_agreement_noise_1e-05']:.3f} (1e-5)"
+                  + (f", {r['ann_self_agreement_noise_0.001']:.3f} (1e-3)"
+                     if "ann_self_agreement_noise_0.001" in r else "")
+                  + (f"; ANN test accuracy {r['ann_test_accuracy']:.3f}"
+                     if "ann_test_accuracy" in r else ""))
+            if "changed_activations_noise_1e-05" in r and r["scaling"] == "per-layer":
                 changed = list(r["changed_activations_noise_1e-05"].items())
                 print("    activations moved by 1e-5 input noise: " + ", ".join(
                     f"{k} {v:.1e}" for k, v in changed[:4] + changed[-1:]))
@@ -374,6 +434,9 @@ def main(argv=None) -> int:
     if not a.skip_resnet:
         stages += [(f"resnet18 {case}", lambda case=case: resnet18_rows(a.samples, case))
                    for case in RESNET_CASES]
+        if FASHION_DATA.is_dir():
+            stages.append(("resnet18 trained on fashion-mnist",
+                           lambda: trained_resnet18_rows(a.samples, Path(a.work))))
     rows: list[dict] = []
     for k, (name, stage) in enumerate(stages, 1):
         t0 = time.perf_counter()
