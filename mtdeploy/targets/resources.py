@@ -454,10 +454,9 @@ def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
             options.append(np.broadcast_to(_along(sizes[0] * (edge.max_fan_in(pop.shape) * wb), 0),
                                            counts))
             names.append("shared")
-        stacked = np.stack(options)
-        best = stacked.argmin(0)
-        syn_bits = syn_bits + stacked.min(0)
-        encodings.append(names[int(np.bincount(best.ravel(), minlength=len(names)).argmax())])
+        cheapest, tiles_per_option = _cheapest(options)
+        syn_bits = syn_bits + cheapest
+        encodings.append(names[int(np.argmax(tiles_per_option))])
         fan_in = fan_in + reads
         per_edge.append(reads)
         per_edge_syn.append(syn)
@@ -465,6 +464,22 @@ def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
         synops = synops + syn * spikes[edge.producer]
     return TileCost(neurons, state, syn_bits, fan_in, synapses, synops, encodings, per_edge,
                     per_edge_syn)
+
+
+def _cheapest(options: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """(element-wise minimum of the grids, how many elements each option is the first
+    minimum of): np.stack + argmin + min in two passes per option, without the stacked copy
+    (the partitioner's most frequent cost)."""
+    low, first = options[0], None
+    for k, option in enumerate(options[1:], 1):
+        better = option < low
+        if first is None:
+            first = better.astype(np.int8)
+        first[better] = k
+        low = np.where(better, option, low)
+    if first is None:
+        return low, [low.size]
+    return low, [int(np.count_nonzero(first == k)) for k in range(len(options))]
 
 
 def _grid(factors: list[np.ndarray], keys, counts) -> np.ndarray:
