@@ -93,7 +93,7 @@ def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
     from mtdeploy.targets.loihi2.lava.projection import ProbedForm, chw_matrix, edge_form
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), QCFS(4, 1.0), pool, nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 6), QCFS(4, 1.0), nn.Linear(6, 3)).eval()
+                          nn.Linear(4 * 4 * 4, 12), QCFS(4, 1.0), nn.Linear(12, 3)).eval()
     from mtdeploy.ir.snn import incoming_edges, populations
     graph = compiled(model, (1, 8, 8))
     probed = [(pop, e.align or e.producer) for pop in populations(graph) if pop.inputs

@@ -68,11 +68,11 @@ class LinearKind(NodeKind):
         w = node.params.get("weight_int", node.params.get("weight"))
         n_in = node.attrs["in_features"]
         (k, lo, hi) = box[0]
-        if w is None or np.all(w != 0):
+        nz = None if w is None else np.asarray(w) != 0
+        if nz is None or nz.all():
             first = np.zeros(node.attrs["out_features"], np.int64)
             last = np.full(node.attrs["out_features"], n_in, np.int64)
         else:
-            nz = np.asarray(w) != 0
             has = nz.any(1)
             first = np.where(has, nz.argmax(1), n_in)
             last = np.where(has, n_in - nz[:, ::-1].argmax(1), 0)

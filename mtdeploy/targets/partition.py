@@ -26,7 +26,7 @@ from scipy import sparse
 from mtdeploy.errors import InputError
 from mtdeploy.targets.resources import (RESOURCES, Network, TileCost, Tiling, fan_out, limits,
                                         overlap_sparse, receptive_boxes, single_neuron_cost,
-                                        tile_cost, unique_boxes)
+                                        tile_cost, tile_fit, unique_boxes)
 
 STRATEGIES: dict[str, Callable] = {}
 
@@ -157,12 +157,11 @@ def _split(pop, net: Network, profile, spikes, out_boxes, lim: np.ndarray) -> La
         if counts in memo:
             return memo[counts]
         t = Tiling.even(pop.shape, counts)
-        c = tile_cost(pop, t, net, profile, spikes)
-        ok = (c.neurons.max() <= lim[0] and c.state_bits.max() <= lim[1]
-              and c.synaptic_bits.max() <= lim[2] and c.fan_in.max() <= lim[3])
-        if ok and len(lo_out) and c.neurons.max() * mult.sum() > lim[4]:
+        peaks, reads = tile_fit(pop, t, net, profile)
+        ok = all(p <= m for p, m in zip(peaks, lim[:4]))
+        if ok and len(lo_out) and peaks[0] * mult.sum() > lim[4]:
             ok = fan_out(t, lo_out, hi_out, mult).max() <= lim[4]
-        score = t.n_tiles + sum(r.sum() for r, on in zip(c.reads, onchip) if on) / fo_lim
+        score = t.n_tiles + sum(r.sum() for r, on in zip(reads, onchip) if on) / fo_lim
         memo[counts] = (ok, score)
         return memo[counts]
 

@@ -378,6 +378,9 @@ def gain_on(node: Node, src: str) -> int:
 MATRIX_PARAMS = {"linear": "weight_int"}
 #: kinds that only re-lay a map out (CHW order kept), so the matrix after them is unchanged
 LAYOUT_KINDS = frozenset({"flatten"})
+#: a tail's pullback is composed as a kernel only when the matrix has this many times its
+#: dense kernel's entries
+KERNEL_SHARE = 16
 
 
 @dataclass
@@ -506,8 +509,8 @@ def _matrix_tail(graph: Graph, pop: Node, key: str) -> MatrixTail | None:
     mid = prefix(x)
     if w.shape != (pop.size, mid.shape[1]) or not torch.equal(want, gain * _times_rows(mid, w)):
         return None
-    return MatrixTail(w, gain, tuple(graph[key].shape), prefix,
-                      _pullback(graph, key, path[:m], into_w, w.shape[1], run))
+    pullback = _pullback(graph, key, path[:m], into_w, w.shape, run)
+    return MatrixTail(w, gain, tuple(graph[key].shape), prefix, pullback)
 
 
 def _times_rows(x: torch.Tensor, w: np.ndarray, chunk_entries: int = 2 ** 22) -> torch.Tensor:
@@ -517,11 +520,12 @@ def _times_rows(x: torch.Tensor, w: np.ndarray, chunk_entries: int = 2 ** 22) ->
                       for r0 in range(0, len(w), step)], 1)
 
 
-def _pullback(graph: Graph, key: str, nodes: list[Node], into_w: int, n_mid: int,
+def _pullback(graph: Graph, key: str, nodes: list[Node], into_w: int, w_shape,
               run) -> sp.csr_matrix | None:
-    """The nodes before W (then W's input gain) as a sparse matrix (n_mid, inputs), CHW: one
-    convolution, checked as :func:`composed_conv` is, followed by layout nodes only (their
-    gains commute with the reshape); None otherwise."""
+    """The nodes before W (then W's input gain) as a sparse matrix (W's columns, inputs), CHW:
+    one convolution, checked as :func:`composed_conv` is, followed by layout nodes only (their
+    gains commute with the reshape); None otherwise, or where composing it costs about what
+    pulling the rows back does."""
     spatial = len(nodes)
     while spatial and nodes[spatial - 1].kind in LAYOUT_KINDS:
         spatial -= 1
@@ -533,11 +537,18 @@ def _pullback(graph: Graph, key: str, nodes: list[Node], into_w: int, n_mid: int
         prev = n.name
     n_in = int(np.prod(graph[key].shape))
     if not spatial:
-        return sp.identity(n_in, np.int64, "csr") * gain if n_in == n_mid else None
+        return sp.identity(n_in, np.int64, "csr") * gain if n_in == w_shape[1] else None
+    geo = path_geometry(graph, key, nodes[:spatial])
+    # the kernel is composed dense, (C_out, C_in, Ky, Kx): far smaller than the matrix for
+    # VGG-16-224's 2x2 pool (1M against 411M entries), not for a global pool over many
+    # channels (ResNet-34-224's: 12.8M against 25.6M, whose rows are cheaper)
+    if geo is None or KERNEL_SHARE * graph[key].shape[0] * nodes[spatial - 1].shape[0] \
+            * geo[0][0] * geo[1][0] > w_shape[0] * n_in:
+        return None
     form = _path_conv(graph, key, nodes[:spatial], gain, tuple(nodes[spatial - 1].shape),
                       lambda x: run(x, nodes[:spatial]) * gain)
     p = form.matrix() if form is not None else None
-    return p if p is not None and p.shape == (n_mid, n_in) else None
+    return p if p is not None and p.shape == (w_shape[1], n_in) else None
 
 
 # ---- any tree, as a matrix ---------------------------------------------------------------
