@@ -183,8 +183,7 @@ class WeightForm:
     weight: np.ndarray          # (out, in), CHW order, integer
 
     def values_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        v = self.weight[self.weight != 0]
-        return v, np.ones(len(v), np.int64)
+        return value_counts(self.weight)      # (a zero among them is no synapse: figures drop it)
 
     def matrix(self) -> sp.csr_matrix:
         return sp.csr_matrix(self.weight)
