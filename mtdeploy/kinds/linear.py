@@ -9,7 +9,8 @@ from torch import nn
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.kind import NodeKind, register
-from mtdeploy.kinds.common import copy_weighted, row_gain, to_numpy, to_tensor, with_state, write_weighted
+from mtdeploy.kinds.common import (ScriptConfigError, copy_weighted, row_gain, to_numpy, to_tensor,
+                                   write_weighted)
 
 
 #: weights above which the integer forward converts its matrix a block of rows at a time
@@ -29,9 +30,16 @@ class LinearKind(NodeKind):
                 {"weight": to_numpy(m.weight), "bias": to_numpy(m.bias, (m.out_features,))})
 
     def from_script(self, sm):
-        weight = sm.weight
-        eager = nn.Linear(weight.shape[1], weight.shape[0], bias=getattr(sm, "bias", None) is not None)
-        return with_state(eager, sm)
+        # built 1 x 1, then given the archive's own tensors: a VGG-16-224 classifier's 100M
+        # weights were randomly initialised (1.3 s) and then overwritten by a copy
+        state = sm.state_dict()
+        eager = nn.Linear(1, 1, bias="bias" in state)
+        if set(state) != set(eager.state_dict()):
+            raise ScriptConfigError(f"its state holds {sorted(state)}, not a Linear's")
+        eager.out_features, eager.in_features = state["weight"].shape
+        for name, value in state.items():
+            setattr(eager, name, nn.Parameter(value.detach()))
+        return eager.eval()
 
     def to_module(self, node):
         m = nn.Linear(node.attrs["in_features"], node.attrs["out_features"], bias=True)
