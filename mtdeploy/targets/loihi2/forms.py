@@ -417,7 +417,7 @@ class MatrixTail:
         """The matrix's distinct non-zero values and how often each appears. Where every input
         feeds at most one column of W through P (a pool whose windows do not overlap), column
         j of the matrix is ``gain * p * W[:, i]`` for P's one entry p at (i, j), so this
-        counts W's values (a third of the matrix for a 2x2 pool) instead of the matrix."""
+        counts W's values (a quarter of the matrix for a 2x2 pool) instead of the matrix."""
         p = self.pullback
         if p is None or np.bincount(p.indices, minlength=p.shape[1]).max(initial=0) > 1:
             return merged_counts(value_counts(block[block != 0]) for _, block in self.rows())
