@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from mtdeploy import frontends
 from mtdeploy.frontends.netx import read_netx
@@ -40,15 +41,19 @@ from mtdeploy.validate import SEED_MAX, integer
 
 
 @contextlib.contextmanager
-def _one_torch_thread():
-    """Run torch on one intra-op thread. Compiling uses torch only for small checks (rebuilt
-    modules on a crop, biases, kernel compositions): a second thread gains little, while on a
-    busy machine OpenMP's spinning workers made the import of an ImageNet ResNet-34 six times
-    slower (37 s against 6 s of wall time, measured under a load of 20 on 2 cores)."""
+def _one_thread():
+    """Run torch on one intra-op thread, and numpy's BLAS on one thread. Compiling uses torch
+    only for small checks (rebuilt modules on a crop, biases, kernel compositions): a second
+    thread gains little, while on a busy machine OpenMP's spinning workers made the import of
+    an ImageNet ResNet-34 six times slower (37 s against 6 s of wall time, measured under a
+    load of 20 on 2 cores). The partitioner's many small matrix products fare the same:
+    VGG-16-224's budget check took 14 s (15 s CPU) with two BLAS threads and 7.2 s (7.2 s CPU)
+    with one, at a load of 4-5 on 2 cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -56,7 +61,7 @@ def _one_torch_thread():
 def _single_threaded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with _one_torch_thread():
+        with _one_thread():
             return fn(*args, **kwargs)
     return wrapper
 

@@ -186,3 +186,25 @@ def test_the_cli_switch_builds_per_layer_and_is_refused_for_a_net_file(tmp_path,
     net = next((tmp_path / "b").glob("network.*"))
     assert main(["compile", str(net), "-o", str(tmp_path / "c"), "--per-layer-scaling"]) == 2
     assert "--per-layer-scaling" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("module, in_shape", [
+    (nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 9, 8)),
+    (nn.Conv2d(4, 4, 3, dilation=2, groups=2), (4, 9, 9)),
+    (nn.Conv1d(2, 3, 5, padding=2), (2, 11)),
+    (nn.Linear(6, 5), (6,))], ids=["conv", "grouped-conv", "conv1d", "linear"])
+def test_forward_at_zero_is_forward_on_zeros(module, in_shape):
+    """The shortcut quantization's bias takes (a weighted op's bias, without its product) is
+    exactly the op on silent inputs, batch and output shape included."""
+    from mtdeploy.ir.graph import Node
+    from mtdeploy.ir.kind import kind_for_module
+    torch.manual_seed(0)
+    kind = kind_for_module(module)
+    attrs, params = kind.from_torch(module)
+    params["bias"][0] = 0.0          # a zero bias stays zero
+    node = Node("n", kind.name, ["x"], attrs, params)
+    node.shape = kind.infer_shape(node, [in_shape])
+    zeros = torch.zeros((2, *in_shape), dtype=torch.float64)
+    got, want = kind.forward_at_zero(node, zeros), kind.forward(node, zeros)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want)

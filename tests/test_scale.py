@@ -280,6 +280,24 @@ def test_blocked_rounding_equals_rounding_at_once():
     assert np.array_equal(whole, expect)
 
 
+def test_large_linear_integer_forward_in_row_blocks(monkeypatch):
+    """A linear node above INT_BLOCK weights multiplies a block of rows at a time (no float64
+    copy of a whole classifier) and gets the very product of the whole matrix."""
+    import mtdeploy.kinds.linear as linear
+    from mtdeploy.ir.graph import Node
+    from mtdeploy.ir.kind import kind_of
+    rng = np.random.default_rng(6)
+    w = rng.integers(-127, 128, (23, 40)).astype(np.int32)
+    node = Node("fc", "linear", ["x"], {"in_features": 40, "out_features": 23},
+                {"weight_int": w}, (23,))
+    x = torch.as_tensor(rng.integers(0, 9, (3, 40)), dtype=torch.float64)
+    whole = kind_of(node).forward_int(node, x)
+    monkeypatch.setattr(linear, "INT_BLOCK", 90)       # blocks of 2 rows, the last one short
+    blocked = kind_of(node).forward_int(node, x)
+    assert torch.equal(whole, x @ torch.as_tensor(w, dtype=torch.float64).T)
+    assert torch.equal(blocked, whole)
+
+
 def test_fm_work_and_size_bounds_keep_a_valid_placement():
     rng = np.random.default_rng(4)
     t = sp.random(60, 60, density=0.2, random_state=5, data_rvs=lambda n: rng.uniform(1, 9, n))

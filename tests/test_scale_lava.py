@@ -85,13 +85,15 @@ def test_identity_shortcut_and_pool_conv_become_conv_processes():
                          ids=["2x2", "3x3-s2-p1"])
 def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
     """A pool folded into a dense layer (VGG-16-224's classifier): its rows come from the
-    weight rows pulled back through the pool, equal to the probed matrix, and so do its
-    figures."""
-    from mtdeploy.targets.loihi2.forms import matrix_tail_rows
+    weight rows pulled back through the pool (as a sparse matrix, and by reverse mode where
+    there is none), equal to the probed matrix, and so do its figures (counted from the
+    weights where the pool's windows do not overlap)."""
+    import dataclasses
+    from mtdeploy.targets.loihi2.forms import matrix_tail
     from mtdeploy.targets.loihi2.lava.projection import ProbedForm, chw_matrix, edge_form
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), QCFS(4, 1.0), pool, nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 6), QCFS(4, 1.0), nn.Linear(6, 3)).eval()
+                          nn.Linear(4 * 4 * 4, 12), QCFS(4, 1.0), nn.Linear(12, 3)).eval()
     from mtdeploy.ir.snn import incoming_edges, populations
     graph = compiled(model, (1, 8, 8))
     probed = [(pop, e.align or e.producer) for pop in populations(graph) if pop.inputs
@@ -99,12 +101,17 @@ def test_pool_into_classifier_figures_without_probing_through_its_weights(pool):
               if isinstance(edge_form(graph, pop, e.align or e.producer), ProbedForm)]
     assert probed, "the pool + linear edge should need a probe"
     for pop, key in probed:
-        rows = matrix_tail_rows(graph, pop, key, chunk_entries=50)
-        assert rows is not None
-        # the rows are the matrix itself (the NetX planner writes them as a dense layer)
-        dense = np.concatenate([block for _, block in rows])
-        np.testing.assert_array_equal(dense, chw_matrix(graph, pop, key, True).toarray())
-        fast = ProbedForm(graph=graph, pop=pop, key=key).values_and_counts()
+        tail = matrix_tail(graph, pop, key)
+        assert tail is not None and tail.pullback is not None
+        overlapping = np.bincount(tail.pullback.indices).max() > 1
+        assert overlapping == (pool.kernel_size == 3)
         full = ProbedForm(chw_matrix(graph, pop, key, True)).values_and_counts()
         want = dict(zip(*np.unique(full[0], return_counts=True)))
-        assert dict(zip(fast[0], fast[1])) == {k: int(v) for k, v in want.items()}
+        want = {k: int(v) for k, v in want.items()}
+        for each in (tail, dataclasses.replace(tail, pullback=None)):
+            # the rows are the matrix itself (the NetX planner writes them as a dense layer)
+            dense = np.concatenate([block for _, block in each.rows(chunk_entries=50)])
+            np.testing.assert_array_equal(dense, chw_matrix(graph, pop, key, True).toarray())
+            assert dict(zip(*each.values_and_counts(chunk_entries=50))) == want
+        fast = ProbedForm(graph=graph, pop=pop, key=key).values_and_counts()
+        assert dict(zip(fast[0], fast[1])) == want

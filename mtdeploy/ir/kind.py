@@ -114,6 +114,12 @@ class NodeKind:
         """Fixed-point semantics (integer-valued float64 tensors, no bias: semantics §3)."""
         return self.forward(node, *xs)
 
+    def forward_at_zero(self, node: "Node", *zeros: "torch.Tensor") -> "torch.Tensor":
+        """``forward`` where every input is zero (``zeros``): a population's current when its
+        producers are silent (its bias, for quantization). Weighted kinds return their bias
+        without running their product (a 224x224 convolution, a 100M-weight matrix)."""
+        return self.forward(node, *zeros)
+
     def forward_steps(self, node: "Node", x: "torch.Tensor") -> "torch.Tensor":
         """A ``temporal`` kind's op on a time-major window (T, N, ...), both modes."""
         raise InputError(f"{node.label()}: {self.name} is not a temporal kind")

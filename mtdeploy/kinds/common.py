@@ -45,7 +45,9 @@ def row_gain(w, block: int = 2 ** 22) -> float | None:
     w = np.asarray(w)
     rows = w.reshape(w.shape[0], -1)
     step = max(1, block // max(1, rows.shape[1]))
-    return max((float(np.abs(rows[r:r + step].astype(np.float64)).sum(1).max(initial=0.0))
+    # integers are summed as int64 (exact, as the float64 sums of them were): one copy, not two
+    wide = np.int64 if w.dtype.kind in "iu" else np.float64
+    return max((float(np.abs(rows[r:r + step], dtype=wide).sum(1).max(initial=0))
                 for r in range(0, len(rows), step)), default=0.0)
 
 

@@ -91,6 +91,11 @@ class _Convolution(NodeKind):
     def forward_int(self, node, x):
         return self._conv(node, x, to_tensor(node.params["weight_int"], x), None)
 
+    def forward_at_zero(self, node, x):
+        out = self.infer_shape(node, [tuple(x.shape[1:])])
+        bias = to_tensor(node.params["bias"], x).reshape(-1, *[1] * (len(out) - 1))
+        return bias.expand(len(x), *out).clone()
+
     def input_box(self, node, in_shapes, index, box):
         # Bounding boxes: a dilated kernel's holes are counted as read (an over-estimate).
         # dims3 lays a 1-D signal out as (C, 1, L): its rows pass through unchanged.

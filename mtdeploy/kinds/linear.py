@@ -3,12 +3,18 @@ kernel is shared between outputs, so its synapses cost per (output, input) pair.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtdeploy.errors import InputError
 from mtdeploy.ir.kind import NodeKind, register
-from mtdeploy.kinds.common import copy_weighted, row_gain, to_numpy, to_tensor, with_state, write_weighted
+from mtdeploy.kinds.common import (ScriptConfigError, copy_weighted, row_gain, to_numpy, to_tensor,
+                                   write_weighted)
+
+
+#: weights above which the integer forward converts its matrix a block of rows at a time
+INT_BLOCK = 2 ** 22
 
 
 @register
@@ -24,9 +30,16 @@ class LinearKind(NodeKind):
                 {"weight": to_numpy(m.weight), "bias": to_numpy(m.bias, (m.out_features,))})
 
     def from_script(self, sm):
-        weight = sm.weight
-        eager = nn.Linear(weight.shape[1], weight.shape[0], bias=getattr(sm, "bias", None) is not None)
-        return with_state(eager, sm)
+        # built 1 x 1, then given the archive's own tensors: a VGG-16-224 classifier's 100M
+        # weights were randomly initialised (1.3 s) and then overwritten by a copy
+        state = sm.state_dict()
+        eager = nn.Linear(1, 1, bias="bias" in state)
+        if set(state) != set(eager.state_dict()):
+            raise ScriptConfigError(f"its state holds {sorted(state)}, not a Linear's")
+        eager.out_features, eager.in_features = state["weight"].shape
+        for name, value in state.items():
+            setattr(eager, name, nn.Parameter(value.detach()))
+        return eager.eval()
 
     def to_module(self, node):
         m = nn.Linear(node.attrs["in_features"], node.attrs["out_features"], bias=True)
@@ -45,7 +58,17 @@ class LinearKind(NodeKind):
         return F.linear(x, to_tensor(node.params["weight"], x), to_tensor(node.params["bias"], x))
 
     def forward_int(self, node, x):
-        return F.linear(x, to_tensor(node.params["weight_int"], x))
+        w = np.asarray(node.params["weight_int"])
+        if w.size <= INT_BLOCK:
+            return F.linear(x, to_tensor(w, x))
+        # integer-valued, so exact in any order: a block of rows at a time, never the whole
+        # weight in x's type (a VGG-16-224 classifier's 100M as float64: 0.8 GB)
+        step = max(1, INT_BLOCK // w.shape[1])
+        return torch.cat([F.linear(x, to_tensor(w[r0:r0 + step], x))
+                          for r0 in range(0, len(w), step)], -1)
+
+    def forward_at_zero(self, node, x):
+        return to_tensor(node.params["bias"], x).expand(len(x), -1).clone()
 
     def input_box(self, node, in_shapes, index, box):
         # Columns with a non-zero weight, as a monotone envelope (suffix-min of each row's first
@@ -53,11 +76,11 @@ class LinearKind(NodeKind):
         w = node.params.get("weight_int", node.params.get("weight"))
         n_in = node.attrs["in_features"]
         (k, lo, hi) = box[0]
-        if w is None or np.all(w != 0):
+        nz = None if w is None else np.asarray(w) != 0
+        if nz is None or nz.all():
             first = np.zeros(node.attrs["out_features"], np.int64)
             last = np.full(node.attrs["out_features"], n_in, np.int64)
         else:
-            nz = np.asarray(w) != 0
             has = nz.any(1)
             first = np.where(has, nz.argmax(1), n_in)
             last = np.where(has, n_in - nz[:, ::-1].argmax(1), 0)

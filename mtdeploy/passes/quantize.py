@@ -278,11 +278,13 @@ def _mantissa(values: np.ndarray, wmax: int, scale=1.0,
     step = max(1, block // max(1, rows.shape[1]))
     for r0 in range(0, rows.shape[0], step):
         for c0 in range(0, rows.shape[1], block):
-            chunk = rows[r0:r0 + step, c0:c0 + block].astype(np.float64) * scale[r0:r0 + step]
+            chunk = np.multiply(rows[r0:r0 + step, c0:c0 + block], scale[r0:r0 + step],
+                                dtype=np.float64)     # float64(v) * scale, one array
             if shift:
                 chunk /= 2.0 ** shift
             np.rint(chunk, out=chunk)
-            np.clip(chunk, -wmax, wmax, out=chunk)
+            np.maximum(chunk, -wmax, out=chunk)      # np.clip, in a third of its time
+            np.minimum(chunk, wmax, out=chunk)
             out[r0:r0 + step, c0:c0 + block] = chunk
     return out.reshape(values.shape), shift
 
@@ -332,13 +334,15 @@ def _weight_fidelity(weight, weight_int, scale, block: int = 2 ** 22
     nonzero = kept = 0
     peak = error = 0.0
     for r0 in range(0, len(w), rows):
-        f = w[r0:r0 + rows].astype(np.float64)
-        i = w_int[r0:r0 + rows].astype(np.int64)
+        f, i = w[r0:r0 + rows], w_int[r0:r0 + rows]
         nz = f != 0
         nonzero += int(np.count_nonzero(nz))
-        kept += int(np.count_nonzero(i[nz]))
-        peak = max(peak, float(np.abs(f).max(initial=0.0)))
-        error = max(error, float(np.abs(i / per_row[r0:r0 + rows] - f).max(initial=0.0)))
+        kept += int(np.count_nonzero(nz & (i != 0)))
+        peak = max(peak, _peak(f))
+        # (the integers divide exactly as float64, and the weights widen exactly to it)
+        diff = np.true_divide(i, per_row[r0:r0 + rows], dtype=np.float64)
+        diff -= f
+        error = max(error, _peak(diff))
     return nonzero, kept, peak, error
 
 
@@ -362,15 +366,24 @@ def mantissa_bits(weight_int, block: int = 2 ** 22) -> int:
 
 
 def _tree_bias(graph: Graph, pop: Node) -> np.ndarray:
-    """The population's input current when every producer is silent (float64)."""
+    """The population's input current when every producer is silent (float64); a node all of
+    whose inputs are still zero gives its ``forward_at_zero`` (a weighted op its bias)."""
     values: dict[str, torch.Tensor] = {}
+    zero = set()         # nodes whose output is still all zeros
     for node in tree_nodes(graph, pop):
         if is_alignment(node):
             values[node.name] = torch.zeros((1, *node.shape), dtype=torch.float64)
+            zero.add(node.name)
             continue
         xs = [values[i] if i in values else torch.zeros((1, *graph[i].shape), dtype=torch.float64)
               for i in node.inputs]
-        values[node.name] = kind_of(node).forward(node, *xs)
+        kind = kind_of(node)
+        if all(i in zero or i not in values for i in node.inputs):
+            values[node.name] = kind.forward_at_zero(node, *xs)
+            if not torch.any(values[node.name]):
+                zero.add(node.name)
+        else:
+            values[node.name] = kind.forward(node, *xs)
     src = pop.inputs[0]
     out = values.get(src, torch.zeros((1, *graph[src].shape), dtype=torch.float64))
     return out[0].numpy()

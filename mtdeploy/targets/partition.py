@@ -26,7 +26,7 @@ from scipy import sparse
 from mtdeploy.errors import InputError
 from mtdeploy.targets.resources import (RESOURCES, Network, TileCost, Tiling, fan_out, limits,
                                         overlap_sparse, receptive_boxes, single_neuron_cost,
-                                        tile_cost, unique_boxes)
+                                        tile_cost, tile_fit, unique_boxes)
 
 STRATEGIES: dict[str, Callable] = {}
 
@@ -149,21 +149,20 @@ def _split(pop, net: Network, profile, spikes, out_boxes, lim: np.ndarray) -> La
     onchip = [net.populations[e.producer].on_chip for e in pop.edges]
     fo_lim = profile.fan_out_axons
 
-    memo: dict[tuple, tuple[bool, float, Tiling, TileCost, np.ndarray | None]] = {}
+    # (fits, score) per tiling tried: the costs themselves are dropped (hundreds of tilings
+    # per layer, each a dozen grids) and only the chosen tiling's are computed again
+    memo: dict[tuple, tuple[bool, float]] = {}
 
     def evaluate(counts):
         if counts in memo:
             return memo[counts]
         t = Tiling.even(pop.shape, counts)
-        c = tile_cost(pop, t, net, profile, spikes)
-        ok = (c.neurons.max() <= lim[0] and c.state_bits.max() <= lim[1]
-              and c.synaptic_bits.max() <= lim[2] and c.fan_in.max() <= lim[3])
-        fo = None
-        if ok and len(lo_out) and c.neurons.max() * mult.sum() > lim[4]:
-            fo = fan_out(t, lo_out, hi_out, mult)
-            ok = fo.max() <= lim[4]
-        score = t.n_tiles + sum(r.sum() for r, on in zip(c.reads, onchip) if on) / fo_lim
-        memo[counts] = (ok, score, t, c, fo)
+        peaks, reads = tile_fit(pop, t, net, profile)
+        ok = all(p <= m for p, m in zip(peaks, lim[:4]))
+        if ok and len(lo_out) and peaks[0] * mult.sum() > lim[4]:
+            ok = fan_out(t, lo_out, hi_out, mult).max() <= lim[4]
+        score = t.n_tiles + sum(r.sum() for r, on in zip(reads, onchip) if on) / fo_lim
+        memo[counts] = (ok, score)
         return memo[counts]
 
     cc, ch, cw = (_counts(n) for n in pop.shape)
@@ -195,10 +194,9 @@ def _split(pop, net: Network, profile, spikes, out_boxes, lim: np.ndarray) -> La
                 best, best_score = (cc[a], nh, nw), score
     if best is None:            # only reachable through rounding: fall back to one neuron per tile
         best = tuple(pop.shape)
-    _, _, t, c, fo = evaluate(best)
-    if fo is None:
-        fo = fan_out(t, lo_out, hi_out, mult)
-    return LayerPlan(t, c, fo, relaxed)
+    t = Tiling.even(pop.shape, best)
+    return LayerPlan(t, tile_cost(pop, t, net, profile, spikes), fan_out(t, lo_out, hi_out, mult),
+                     relaxed)
 
 
 def split(net: Network, profile, spikes: dict[str, float]) -> dict[str, LayerPlan]:

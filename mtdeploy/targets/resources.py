@@ -435,29 +435,15 @@ def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
     """Costs of every tile of ``pop`` under ``tiling`` (vectorised over tiles; the partitioner
     calls it thousands of times per network, so each grid is built by broadcasting once)."""
     counts = tiling.counts
-    sizes = [np.diff(b).astype(np.float64) for b in tiling.bounds]
-    neurons = _along(sizes[0], 0) * _along(sizes[1], 1) * _along(sizes[2], 2)
-    per_neuron = profile.neuron_state_bits + pop.accumulators * profile.accumulator_bits
+    neurons, per_neuron = _tile_neurons(pop, tiling, profile)
     state = neurons * per_neuron
     syn_bits = fan_in = synapses = synops = np.zeros(counts)
     encodings, per_edge, per_edge_syn = [], [], []
     for edge in pop.edges:
-        rlo, rhi = receptive(edge, tiling)
-        reads = _grid([np.maximum(rhi[d] - rlo[d], 0).astype(np.float64) for d in range(3)],
-                      edge.keys, counts)
-        syn = _grid([np.add.reduceat(f, tiling.bounds[k][:-1])
-                     for k, f in enumerate(edge.per_dim_factors(pop.shape))], (0, 1, 2), counts)
-        wb = weight_bits(edge, net, profile)
-        options = [neurons * reads * wb, syn * edge.density * (wb + profile.sparse_index_bits)]
-        names = ["dense", "sparse"]
-        if edge.shared and profile.shared_weights:
-            options.append(np.broadcast_to(_along(sizes[0] * (edge.max_fan_in(pop.shape) * wb), 0),
-                                           counts))
-            names.append("shared")
-        stacked = np.stack(options)
-        best = stacked.argmin(0)
-        syn_bits = syn_bits + stacked.min(0)
-        encodings.append(names[int(np.bincount(best.ravel(), minlength=len(names)).argmax())])
+        reads, syn, options, names = _edge_grids(pop, tiling, edge, neurons, net, profile)
+        cheapest, tiles_per_option = _cheapest(options)
+        syn_bits = syn_bits + cheapest
+        encodings.append(names[int(np.argmax(tiles_per_option))])
         fan_in = fan_in + reads
         per_edge.append(reads)
         per_edge_syn.append(syn)
@@ -465,6 +451,71 @@ def tile_cost(pop: Population, tiling: Tiling, net: Network, profile,
         synops = synops + syn * spikes[edge.producer]
     return TileCost(neurons, state, syn_bits, fan_in, synapses, synops, encodings, per_edge,
                     per_edge_syn)
+
+
+def tile_fit(pop: Population, tiling: Tiling, net: Network,
+             profile) -> tuple[list[float], list[np.ndarray]]:
+    """What the partitioner's search asks of a tiling, as :func:`tile_cost` computes it but
+    without the grids only the chosen tiling needs (its encodings, synapses, SynOps): the
+    largest tile's neurons, state bits, synaptic bits and fan-in, and each edge's reads."""
+    neurons, per_neuron = _tile_neurons(pop, tiling, profile)
+    syn_bits = fan_in = np.zeros(tiling.counts)
+    reads_per_edge = []
+    for edge in pop.edges:
+        reads, _, options, _ = _edge_grids(pop, tiling, edge, neurons, net, profile)
+        cheapest = options[0]
+        for option in options[1:]:
+            cheapest = np.minimum(cheapest, option)
+        syn_bits = syn_bits + cheapest
+        fan_in = fan_in + reads
+        reads_per_edge.append(reads)
+    peak = float(neurons.max())
+    # (a positive factor keeps the maximum where it is: max(n * c) == max(n) * c)
+    return [peak, peak * per_neuron, float(syn_bits.max()), float(fan_in.max())], reads_per_edge
+
+
+def _tile_neurons(pop: Population, tiling: Tiling, profile) -> tuple[np.ndarray, float]:
+    """(neurons of each tile as a grid, state bits per neuron)."""
+    sizes = [np.diff(b).astype(np.float64) for b in tiling.bounds]
+    neurons = _along(sizes[0], 0) * _along(sizes[1], 1) * _along(sizes[2], 2)
+    return neurons, profile.neuron_state_bits + pop.accumulators * profile.accumulator_bits
+
+
+def _edge_grids(pop: Population, tiling: Tiling, edge: Synapses, neurons: np.ndarray, net: Network,
+                profile) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
+    """One edge's (reads, synapses, synaptic bits of each encoding, the encodings' names) per
+    tile."""
+    counts = tiling.counts
+    rlo, rhi = receptive(edge, tiling)
+    reads = _grid([np.maximum(rhi[d] - rlo[d], 0).astype(np.float64) for d in range(3)],
+                  edge.keys, counts)
+    syn = _grid([np.add.reduceat(f, tiling.bounds[k][:-1])
+                 for k, f in enumerate(edge.per_dim_factors(pop.shape))], (0, 1, 2), counts)
+    wb = weight_bits(edge, net, profile)
+    options = [neurons * reads * wb, syn * edge.density * (wb + profile.sparse_index_bits)]
+    names = ["dense", "sparse"]
+    if edge.shared and profile.shared_weights:
+        size = np.diff(tiling.bounds[0]).astype(np.float64)
+        options.append(np.broadcast_to(_along(size * (edge.max_fan_in(pop.shape) * wb), 0),
+                                       counts))
+        names.append("shared")
+    return reads, syn, options, names
+
+
+def _cheapest(options: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """(element-wise minimum of the grids, how many elements each option is the first
+    minimum of): np.stack + argmin + min in two passes per option, without the stacked copy
+    (the partitioner's most frequent cost)."""
+    low, first = options[0], None
+    for k, option in enumerate(options[1:], 1):
+        better = option < low
+        if first is None:
+            first = better.astype(np.int8)
+        first[better] = k
+        low = np.where(better, option, low)
+    if first is None:
+        return low, [low.size]
+    return low, [int(np.count_nonzero(first == k)) for k in range(len(options))]
 
 
 def _grid(factors: list[np.ndarray], keys, counts) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -169,8 +170,21 @@ def composed_conv(graph: Graph, pop: Node, key: str) -> ConvForm | None:
 
 def _composed_conv(graph: Graph, pop: Node, key: str) -> ConvForm | None:
     path = edge_path(graph, pop, key)
-    in_shape, out_shape = tuple(graph[key].shape), tuple(pop.shape)
-    if not path or len(out_shape) != 3 or path_geometry(graph, key, path) is None:
+    if not path or len(pop.shape) != 3:
+        return None
+
+    def tree(x: torch.Tensor) -> torch.Tensor:
+        return tree_int_forward(graph, pop.name, {key: x})
+
+    return _path_conv(graph, key, path, gain_on(pop, path[-1].name), tuple(pop.shape), tree)
+
+
+def _path_conv(graph: Graph, key: str, path: list[Node], end_gain: int, out_shape,
+               forward) -> ConvForm | None:
+    """The nodes ``path`` from ``key`` (each input gain applied, then ``end_gain``) as one
+    integer convolution onto ``out_shape``, or None when they are not one or it differs from
+    ``forward`` (the same map, batch-first) on the checking crop."""
+    if len(out_shape) != 3 or path_geometry(graph, key, path) is None:
         return None
     try:
         acc, prev = None, key
@@ -179,12 +193,8 @@ def _composed_conv(graph: Graph, pop: Node, key: str) -> ConvForm | None:
             acc = k.scaled(gain_on(node, prev)) if acc is None \
                 else acc.then(k).scaled(gain_on(node, prev))
             prev = node.name
-        form = _as_form(acc.scaled(gain_on(pop, prev)), in_shape, out_shape)
-
-        def tree(x: torch.Tensor) -> torch.Tensor:
-            return tree_int_forward(graph, pop.name, {key: x})
-
-        return form if _form_matches(form, tree) else None
+        form = _as_form(acc.scaled(end_gain), tuple(graph[key].shape), tuple(out_shape))
+        return form if _form_matches(form, forward) else None
     except (InputError, RuntimeError, ValueError):   # a kind that cannot run on a crop
         return None
 
@@ -366,51 +376,179 @@ def gain_on(node: Node, src: str) -> int:
 # ---- a tree ending in a matrix node, row by row -------------------------------------------
 #: kinds whose integer map is a matrix parameter (out, in), in CHW order of their input
 MATRIX_PARAMS = {"linear": "weight_int"}
+#: kinds that only re-lay a map out (CHW order kept), so the matrix after them is unchanged
+LAYOUT_KINDS = frozenset({"flatten"})
+#: a tail's pullback is composed as a kernel only when the matrix has this many times its
+#: dense kernel's entries
+KERNEL_SHARE = 16
 
 
-def matrix_tail_rows(graph: Graph, pop: Node, key: str, chunk_entries: int = 2 ** 24):
-    """The edge's integer matrix as (first row, dense block of rows) in CHW order, when its
-    path ends in a matrix node followed by shape-keeping nodes: row r is ``gain * W[r]`` pulled
-    back through the nodes before W (a pool, a flatten), so no probe passes through W's weights
-    (a VGG-16-224 classifier with its pool folded in: 411M entries, 96 s of probing before).
-    None for other paths, or when the tree does not equal that form on random integers."""
+@dataclass
+class MatrixTail:
+    """An edge whose path ends in a matrix node W followed by shape-keeping nodes: its integer
+    matrix is ``gain * W @ P``, P the nodes before W (a pool, a flatten). Row r is W[r] pulled
+    back through P, so nothing probes through W's weights (a VGG-16-224 classifier with its
+    pool folded in: 411M entries, 96 s of probing). ``pullback`` is P as a sparse matrix (W's
+    columns, the edge's inputs; CHW) where the nodes before W are one convolution then layout
+    nodes, else None (rows then come from reverse mode through ``prefix``)."""
+
+    weight: np.ndarray                  # W (out, mid), integer
+    gain: int
+    in_shape: tuple
+    prefix: Callable[[torch.Tensor], torch.Tensor]     # batch-first, (N, *in_shape) -> (N, mid)
+    pullback: sp.csr_matrix | None
+
+    def rows(self, chunk_entries: int = 2 ** 24):
+        """(first row, dense block of rows) in CHW order, blocks of about ``chunk_entries``."""
+        n_in = int(np.prod(self.in_shape))
+        step = max(1, chunk_entries // n_in)
+        for r0 in range(0, len(self.weight), step):
+            w = self.weight[r0:r0 + step]
+            if self.pullback is not None:      # exact: integer products, no float copy of W
+                yield r0, self.gain * np.asarray((self.pullback.T @ w.T).T)
+                continue
+            with torch.enable_grad():
+                x = torch.zeros((len(w), *self.in_shape), dtype=torch.float64, requires_grad=True)
+                (grad,) = torch.autograd.grad(
+                    (self.prefix(x) * torch.as_tensor(w, dtype=torch.float64)).sum(), x)
+            yield r0, (self.gain * grad.reshape(len(w), -1)).numpy()
+
+    def values_and_counts(self, chunk_entries: int = 2 ** 22) -> tuple[np.ndarray, np.ndarray]:
+        """The matrix's distinct non-zero values and how often each appears. Where every input
+        feeds at most one column of W through P (a pool whose windows do not overlap), column
+        j of the matrix is ``gain * p * W[:, i]`` for P's one entry p at (i, j), so this
+        counts W's values (a quarter of the matrix for a 2x2 pool) instead of the matrix."""
+        p = self.pullback
+        if p is None or np.bincount(p.indices, minlength=p.shape[1]).max(initial=0) > 1:
+            return merged_counts(value_counts(block[block != 0]) for _, block in self.rows())
+        return merged_counts(self._scaled_weight_counts(chunk_entries))
+
+    def _scaled_weight_counts(self, chunk_entries: int):
+        p = self.pullback
+        step = max(1, chunk_entries // max(1, self.weight.shape[1]))
+        rows_of = np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
+        for value in np.unique(p.data):
+            # per column i of W: how many inputs reach it through an entry equal to `value`
+            times = np.bincount(rows_of[p.data == value], minlength=p.shape[0])
+            for n in np.unique(times[times > 0]):
+                cols = np.flatnonzero(times == n)
+                every = len(cols) == len(times)
+                for r0 in range(0, len(self.weight), step):
+                    w = self.weight[r0:r0 + step]
+                    v, c = value_counts(w if every else w[:, cols])
+                    yield v * (self.gain * value), c * n
+
+
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, their counts): a bincount where they are integers in a small range
+    (weights are), which is linear where np.unique sorts."""
+    values = np.asarray(values).ravel()
+    if not values.size:
+        return values, values.astype(np.int64)
+    lo, hi = values.min(), values.max()
+    integer = np.issubdtype(values.dtype, np.integer) or np.array_equal(values, np.rint(values))
+    if not integer or hi - lo >= 2 ** 22:
+        return np.unique(values, return_counts=True)
+    counts = np.bincount((values - lo).astype(np.int64, copy=False))
+    present = np.flatnonzero(counts)
+    return present + lo, counts[present]
+
+
+def merged_counts(tallies) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct non-zero values as float64, their total counts) over ``tallies``, an
+    iterable of (values, counts) pairs (of a matrix streamed a block at a time)."""
+    total: dict = {}
+    for values, counts in tallies:
+        for v, c in zip(np.asarray(values).tolist(), np.asarray(counts).tolist()):
+            if v != 0:
+                total[v] = total.get(v, 0) + int(c)
+    return (np.fromiter(total.keys(), np.float64, len(total)),
+            np.fromiter(total.values(), np.int64, len(total)))
+
+
+def matrix_tail(graph: Graph, pop: Node, key: str) -> MatrixTail | None:
+    """The edge as a :class:`MatrixTail` (checked against the tree on random integers), or
+    None for other paths. Computed once per edge inside :func:`reuse_forms`."""
+    memo = _REUSE.get()
+    if memo is None:
+        return _matrix_tail(graph, pop, key)
+    ident = (id(graph), pop.name, key, "tail")
+    if ident not in memo:
+        memo[ident] = (graph, _matrix_tail(graph, pop, key))
+    return memo[ident][1]
+
+
+def _matrix_tail(graph: Graph, pop: Node, key: str) -> MatrixTail | None:
     path = edge_path(graph, pop, key)
     heads = [k for k, n in enumerate(path or []) if n.kind in MATRIX_PARAMS]
     if not heads or any(tuple(n.shape) != tuple(path[heads[-1]].shape)
                         for n in path[heads[-1]:]):
         return None
     m = heads[-1]
-    w = torch.as_tensor(np.asarray(path[m].params[MATRIX_PARAMS[path[m].kind]]),
-                        dtype=torch.float64)
+    w = np.asarray(path[m].params[MATRIX_PARAMS[path[m].kind]])
     gain, prev = 1, path[m].name
     for n in path[m + 1:] + [pop]:
         gain *= gain_on(n, prev)
         prev = n.name
 
-    def prefix(x: torch.Tensor) -> torch.Tensor:       # the nodes before W, with their gains
+    def run(x: torch.Tensor, nodes: list[Node]) -> torch.Tensor:   # with their input gains
         prev = key
-        for n in path[:m]:
+        for n in nodes:
             x = kind_of(n).forward_int(n, x * gain_on(n, prev))
             prev = n.name
-        return (x * gain_on(path[m], prev)).reshape(len(x), -1)
+        return x
+
+    into_w = gain_on(path[m], path[m - 1].name if m else key)
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:       # the nodes before W, and W's input gain
+        return (run(x, path[:m]) * into_w).reshape(len(x), -1)
 
     x = torch.as_tensor(np.random.default_rng(12345).integers(-1023, 1024, (2, *graph[key].shape)),
                         dtype=torch.float64)
     want = tree_int_forward(graph, pop.name, {key: x}).reshape(2, -1)
-    if w.shape != (pop.size, prefix(x).shape[1]) or \
-            not torch.equal(want, gain * prefix(x) @ w.T):
+    mid = prefix(x)
+    if w.shape != (pop.size, mid.shape[1]) or not torch.equal(want, gain * _times_rows(mid, w)):
         return None
-    return _pulled_back_rows(prefix, w, gain, graph[key].shape, chunk_entries)
+    pullback = _pullback(graph, key, path[:m], into_w, w.shape, run)
+    return MatrixTail(w, gain, tuple(graph[key].shape), prefix, pullback)
 
 
-def _pulled_back_rows(prefix, w: torch.Tensor, gain: int, in_shape, chunk_entries: int):
-    step = max(1, chunk_entries // int(np.prod(in_shape)))
-    for r0 in range(0, len(w), step):
-        with torch.enable_grad():
-            x = torch.zeros((min(step, len(w) - r0), *in_shape), dtype=torch.float64,
-                            requires_grad=True)
-            (grad,) = torch.autograd.grad((prefix(x) * w[r0:r0 + len(x)]).sum(), x)
-        yield r0, (gain * grad.reshape(len(x), -1)).numpy()
+def _times_rows(x: torch.Tensor, w: np.ndarray, chunk_entries: int = 2 ** 22) -> torch.Tensor:
+    """``x @ w.T`` in float64, a block of w's rows at a time (no float64 copy of all of w)."""
+    step = max(1, chunk_entries // max(1, w.shape[1]))
+    return torch.cat([x @ torch.as_tensor(w[r0:r0 + step], dtype=torch.float64).T
+                      for r0 in range(0, len(w), step)], 1)
+
+
+def _pullback(graph: Graph, key: str, nodes: list[Node], into_w: int, w_shape,
+              run) -> sp.csr_matrix | None:
+    """The nodes before W (then W's input gain) as a sparse matrix (W's columns, inputs), CHW:
+    one convolution, checked as :func:`composed_conv` is, followed by layout nodes only (their
+    gains commute with the reshape); None otherwise, or where composing it costs about what
+    pulling the rows back does."""
+    spatial = len(nodes)
+    while spatial and nodes[spatial - 1].kind in LAYOUT_KINDS:
+        spatial -= 1
+    if any(n.kind in LAYOUT_KINDS for n in nodes[:spatial]):
+        return None
+    gain, prev = into_w, nodes[spatial - 1].name if spatial else key
+    for n in nodes[spatial:]:
+        gain *= gain_on(n, prev)
+        prev = n.name
+    n_in = int(np.prod(graph[key].shape))
+    if not spatial:
+        return sp.identity(n_in, np.int64, "csr") * gain if n_in == w_shape[1] else None
+    geo = path_geometry(graph, key, nodes[:spatial])
+    # the kernel is composed dense, (C_out, C_in, Ky, Kx): far smaller than the matrix for
+    # VGG-16-224's 2x2 pool (1M against 411M entries), not for a global pool over many
+    # channels (ResNet-34-224's: 12.8M against 25.6M, whose rows are cheaper)
+    if geo is None or KERNEL_SHARE * graph[key].shape[0] * nodes[spatial - 1].shape[0] \
+            * geo[0][0] * geo[1][0] > w_shape[0] * n_in:
+        return None
+    form = _path_conv(graph, key, nodes[:spatial], gain, tuple(nodes[spatial - 1].shape),
+                      lambda x: run(x, nodes[:spatial]) * gain)
+    p = form.matrix() if form is not None else None
+    return p if p is not None and p.shape == (w_shape[1], n_in) else None
 
 
 # ---- any tree, as a matrix ---------------------------------------------------------------

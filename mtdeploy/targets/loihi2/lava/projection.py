@@ -23,8 +23,9 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import incoming_edges, is_alignment, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.forms import (MATRIX_PARAMS, composed_conv, edge_path, gain_on,
-                                          matrix_tail_rows, probed_blocks, probed_matrix)
+from mtdeploy.targets.loihi2.forms import (LAYOUT_KINDS, MATRIX_PARAMS, composed_conv, edge_path,
+                                          gain_on, matrix_tail, merged_counts, probed_blocks,
+                                          probed_matrix, value_counts)
 from mtdeploy.targets.loihi2.lava.layout import lava_order
 
 
@@ -175,10 +176,6 @@ def matrix_figures(values: np.ndarray, counts: np.ndarray) -> MatrixFigures:
 
 
 # ---- an edge's matrix in the form that is cheapest to hold -----------------------------------
-#: kinds that only re-lay a map out (CHW order kept), so the matrix after them is unchanged
-LAYOUT_KINDS = frozenset({"flatten"})
-
-
 @dataclass
 class WeightForm:
     """An edge whose tree is one weight matrix (after layout-only nodes, before gains)."""
@@ -186,8 +183,7 @@ class WeightForm:
     weight: np.ndarray          # (out, in), CHW order, integer
 
     def values_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        v = self.weight[self.weight != 0]
-        return v, np.ones(len(v), np.int64)
+        return value_counts(self.weight)      # (a zero among them is no synapse: figures drop it)
 
     def matrix(self) -> sp.csr_matrix:
         return sp.csr_matrix(self.weight)
@@ -206,36 +202,20 @@ class ProbedForm:
         if self.m is not None:
             return self.m.data, np.ones(len(self.m.data), np.int64)
         graph, pop, key = self._source
-        rows = matrix_tail_rows(graph, pop, key)
-        blocks = (v for _, _, v in chw_blocks(graph, pop, key, True, 2 ** 24)) if rows is None \
-            else (block for _, block in rows)
-        counts: dict = {}
-        for values in blocks:
-            values = values[values != 0]
-            _check_integer(values, pop)
-            for v, c in zip(*_histogram(values.astype(np.int64))):
-                counts[v] = counts.get(v, 0) + int(c)
-        values = np.fromiter(counts.keys(), np.float64, len(counts))
-        return values, np.fromiter(counts.values(), np.int64, len(counts))
+        tail = matrix_tail(graph, pop, key)
+        if tail is not None:
+            values, counts = tail.values_and_counts()
+        else:
+            values, counts = merged_counts(value_counts(v[v != 0]) for _, _, v in
+                                           chw_blocks(graph, pop, key, True, 2 ** 24))
+        _check_integer(values, pop)
+        return values, counts
 
     def matrix(self) -> sp.csr_matrix:
         if self.m is None:
             graph, pop, key = self._source
             self.m = _integer(chw_matrix(graph, pop, key, True), pop)
         return self.m
-
-
-def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct integers, their counts): a bincount where the range is small (weights are),
-    which is linear where np.unique sorts."""
-    if not values.size:
-        return values, values
-    lo, hi = int(values.min()), int(values.max())
-    if hi - lo >= 2 ** 22:
-        return np.unique(values, return_counts=True)
-    counts = np.bincount(values - lo)
-    present = np.flatnonzero(counts)
-    return present + lo, counts[present]
 
 
 def weight_form(graph: Graph, pop: Node, key: str) -> WeightForm | None:

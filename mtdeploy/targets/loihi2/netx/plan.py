@@ -25,7 +25,7 @@ from mtdeploy.kinds.align import float_gain
 from mtdeploy.kinds.neurons import CHANNEL_UNIT
 from mtdeploy.passes.quantize import per_layer_copy
 from mtdeploy.sim.reference import tree_int_forward
-from mtdeploy.targets.loihi2.forms import (ConvForm, composed_conv, conv_matches, matrix_tail_rows,
+from mtdeploy.targets.loihi2.forms import (ConvForm, composed_conv, conv_matches, matrix_tail,
                                           probed_blocks)
 from mtdeploy.targets.loihi2.netx.kinds import neuron_group, synapse_fields
 from mtdeploy.targets.loihi2.netx.schema import ACT_SHIFT, bias_range_problem, validate_netx_layers
@@ -84,13 +84,13 @@ def _probed_dense(graph: Graph, pop: Node, key: str, tree, widest: int) -> np.nd
     """The tree's integer matrix (out, in), filled a block at a time into the smallest integer
     type that holds it: a VGG-16-224 classifier with its pool folded in has 411M weights, 0.4
     GB as int8 where a sparse probe then an int64 copy took over 10 GB. Rows come from
-    :func:`~..forms.matrix_tail_rows` where the tree ends in a matrix node (no probe through
+    :func:`~..forms.matrix_tail` where the tree ends in a matrix node (no probe through
     its weights), else from probing the tree."""
     in_shape = graph[key].shape
     w = np.zeros((pop.size, int(np.prod(in_shape))), np.int8)
-    rows = matrix_tail_rows(graph, pop, key)
-    if rows is not None:
-        for r0, block in rows:
+    tail = matrix_tail(graph, pop, key)
+    if tail is not None:
+        for r0, block in tail.rows():
             block = np.rint(block)
             w = _holding(w, block)
             w[r0:r0 + len(block)] = block
