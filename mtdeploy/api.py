@@ -76,6 +76,13 @@ def load_model(model, input_shape=None, trust_pickle: bool = False) -> Graph:
     return frontends.graph_from_module(model, input_shape)
 
 
+@_single_threaded
+def check_network(graph: Graph, profile):
+    """The budget report of a deployable network (what ``mtdeploy check`` prints), on one
+    BLAS/torch thread as in compile."""
+    return check_budget(graph, profile)
+
+
 @dataclass
 class Build:
     """A compiled network with its schedule and report; ``out_dir`` is None when not written."""

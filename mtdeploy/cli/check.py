@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import sys
 
-from mtdeploy.api import deployable, load_model
+from mtdeploy.api import check_network, deployable, load_model
 from mtdeploy.cli.values import timesteps
 from mtdeploy.errors import DoesNotFitError
 from mtdeploy.passes import ConvertOptions
-from mtdeploy.targets.checker import check
 from mtdeploy.targets.profiles import load_profile
 
 
@@ -22,7 +21,7 @@ def run(a) -> int:
 
 def run_check(graph, target, json_output: bool, stream) -> int:
     """Print the budget report of ``graph`` on ``target`` (Markdown, or JSON); 0 fits, 3 not."""
-    report = check(graph, target)
+    report = check_network(graph, target)
     stream.write((json.dumps(report.to_json(), indent=1) if json_output else report.to_markdown())
                  + "\n")
     return 0 if report.fits else DoesNotFitError.exit_code
