@@ -1,13 +1,18 @@
 """Fixed-point fidelity benchmark: how much of a network survives mtdeploy's quantization, with
-one power-of-two unit per layer (``--per-layer-scaling``) and with one per output channel (the
-default on targets with per-neuron thresholds).
+one power-of-two unit per layer (``--per-layer-scaling``), with one per output channel (the
+default on targets with per-neuron thresholds), with calibration bias correction (``--calib``)
+and with 12-bit inputs (``--input-bits 12``).
 
-Three workloads, each against its float ANN (the float SNN equals the ANN exactly with
-avg-repeat, so every difference here is quantization):
+Workloads, each against its float ANN (the float SNN equals the ANN exactly with avg-repeat,
+so every difference here is quantization):
 * random QCFS CNNs with mixed levels in {1..16} (mtdeploy.testing.random_cnn): argmax agreement
-  of the fixed-point SNN with the ANN;
-* the trained digits model (examples/digits, levels 8,4,2,4): test accuracy of the float SNN
-  and of the fixed-point SNN;
+  of the fixed-point SNN with the ANN (mean, s.e.m. and worst over the networks; calibration
+  samples are a stream of their own, never the evaluation inputs);
+* the trained digits model (examples/digits, levels 8,4,2,4; calibration: its calib split) and
+  the Fashion-MNIST example model (levels 8,8,8,8, 2 epochs; all 10,000 test images; skipped
+  when the dataset is not installed): test accuracy of the float SNN and of the fixed-point SNN;
+* the same ResNet-18 as below trained one epoch on 12,000 Fashion-MNIST images padded to
+  3x32x32 (cached under --work): agreement on the first test images;
 * the ImageNet-layout QCFS ResNet-18 at 32x32 (random weights, QCFS thresholds calibrated to
   the 99.9th percentile of their inputs on 64 inputs of the case's kind), four constructions
   (:data:`RESNET_CASES`): ``randomize_bn`` (BatchNorm statistics drawn independently of the
@@ -26,7 +31,7 @@ avg-repeat, so every difference here is quantization):
   block's rounded weights) reaches a tenth of the last block's activations and moves the
   argmax of many samples whose logits vary; no fixed-point version can agree beyond that.
 
-    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 20] \
+    .venv/bin/python benchmarks/bench_quantization.py [--samples 200] [--cnns 50] \
         [--skip-cnns|digits|fashion|resnet]
 
 Prints a table and writes benchmarks/results/quantization.json.
