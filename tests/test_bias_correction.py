@@ -70,14 +70,19 @@ def test_corrected_biases_cancel_the_mean_rounding_error_on_the_calibration_data
     assert np.abs(mean_error(plain)).max() > 1.5, mean_error(plain)   # there was one to cancel
 
 
-def test_conv_biases_are_corrected_per_neuron_and_fixed_point_stays_the_quantized_ann():
-    b = GraphBuilder("conv", (1, 6, 6), 3)
-    b.conv(4)
-    b.qcfs(4)
+def _conv_net(seed: int, channels: int, levels: int):
+    """conv (zero padding) -> QCFS -> 2x2 pool -> linear readout, on 1x6x6 inputs."""
+    b = GraphBuilder("conv", (1, 6, 6), seed)
+    b.conv(channels)
+    b.qcfs(levels)
     b.pool(2)
     b.flatten()
     b.linear(3)
-    graph = b.done()
+    return b.done()
+
+
+def test_conv_biases_are_corrected_per_neuron_and_fixed_point_stays_the_quantized_ann():
+    graph = _conv_net(3, 4, 4)
     x = np.random.default_rng(4).uniform(0.2, 1.0, (128, 1, 6, 6))
     snn = quantize(convert(graph, ConvertOptions(input_max=1.0)), calib=x)
     plain = quantize(convert(graph, ConvertOptions(input_max=1.0)))
@@ -93,13 +98,7 @@ def test_conv_biases_are_corrected_per_neuron_and_fixed_point_stays_the_quantize
 def test_lava_runs_corrected_per_neuron_biases_bit_exact():
     from mtdeploy.targets.loihi2.lava import run_lava
 
-    b = GraphBuilder("conv", (1, 6, 6), 5)
-    b.conv(3)
-    b.qcfs(3)
-    b.pool(2)
-    b.flatten()
-    b.linear(3)
-    graph = b.done()
+    graph = _conv_net(5, 3, 3)
     calib = np.random.default_rng(6).uniform(0.2, 1.0, (64, 1, 6, 6))
     snn = quantize(convert(graph, ConvertOptions(input_max=1.0)), calib=calib)
     x = calib[:3]
