@@ -28,21 +28,18 @@ BATCH_ELEMENTS = 2 ** 25
 #: samples (tens of seconds on 2 cores), a small CNN every sample offered
 WORK_ELEMENTS = 2 ** 30
 MIN_SAMPLES = 16
+#: calibration samples the correction uses at most
+CALIB_SAMPLES = 512
 
 
-def samples_for(graph: Graph, offered: int, cap: int) -> int:
-    """How many of ``offered`` calibration samples the correction uses: at most ``cap``, and
-    no more than :data:`WORK_ELEMENTS` of node outputs allow (at least :data:`MIN_SAMPLES`)."""
+def correct_biases(graph: Graph, calib) -> int:
+    """Add to every population's ``bias_int`` the mean, over the first samples of ``calib``,
+    of the current its weights' rounding loses, in its integer units; -> how many samples:
+    at most :data:`CALIB_SAMPLES`, and no more than :data:`WORK_ELEMENTS` of node outputs
+    allow (at least :data:`MIN_SAMPLES`). A population whose error path holds a non-linear
+    node (a max pool after the weights) is left as it is."""
     per_sample = max(1, sum(n.size for n in graph))
-    return int(min(offered, cap, max(MIN_SAMPLES, WORK_ELEMENTS // per_sample)))
-
-
-def correct_biases(graph: Graph, calib, max_samples: int) -> dict[str, float]:
-    """Add to every population's ``bias_int`` the mean (over at most ``max_samples`` of
-    ``calib``) of the current its weights' rounding loses, in its integer units. Returns per
-    population the largest correction in units; a population whose error path holds a
-    non-linear node (a max pool after the weights) is left as it is."""
-    x = np.asarray(calib)[:max_samples]
+    x = np.asarray(calib)[:min(CALIB_SAMPLES, max(MIN_SAMPLES, WORK_ELEMENTS // per_sample))]
     pops = [p for p in populations(graph) if p.inputs]
     trees = {p.name: tree_nodes(graph, p) for p in pops}
     last_use = _last_uses(graph, trees)
@@ -57,15 +54,12 @@ def correct_biases(graph: Graph, calib, max_samples: int) -> dict[str, float]:
             for name, err in _batch_errors(graph, chunk, trees, last_use):
                 total = err.sum(0)
                 sums[name] = total if name not in sums else sums[name] + total
-    moved = {}
     for pop in pops:
-        if pop.name not in sums:
-            continue
-        mean = sums[pop.name].double().numpy() / len(x)
-        delta = np.rint(mean / units_of(pop)).astype(np.int64)
-        pop.params["bias_int"] = np.asarray(pop.params["bias_int"], np.int64) + delta
-        moved[pop.name] = float(np.abs(delta).max(initial=0))
-    return moved
+        if pop.name in sums:
+            mean = sums[pop.name].double().numpy() / len(x)
+            pop.params["bias_int"] = (np.asarray(pop.params["bias_int"], np.int64)
+                                      + np.rint(mean / units_of(pop)).astype(np.int64))
+    return len(x)
 
 
 def _last_uses(graph: Graph, trees: dict[str, list[Node]]) -> dict[str, int]:

@@ -22,7 +22,7 @@ from mtdeploy.ir.kind import kind_of
 from mtdeploy.ir.snn import is_alignment, is_population, populations, tree_nodes
 from mtdeploy.kinds.align import edge_scale
 from mtdeploy.kinds.neurons import CHANNEL_UNIT, int_thresholds, unit_shaped
-from mtdeploy.passes.bias_correction import correct_biases, samples_for
+from mtdeploy.passes.bias_correction import correct_biases
 from mtdeploy.validate import integer, real
 
 STATE_BITS = 24
@@ -39,8 +39,6 @@ UNIT_CANDIDATES, UNIT_SEARCH_SPAN = 32, 1 / 8
 #: finest by about 1/sqrt(fan-in) (nothing at a classifier's 25,088 inputs), and searching
 #: VGG-16's 2.9M weights of fan-in <= 4,096 took 8.6 s of a 224 px compile
 UNIT_SEARCH_FAN_IN = 1024
-#: calibration samples used for the bias correction
-CALIB_SAMPLES = 512
 
 
 def _paths(graph: Graph, pop: Node):
@@ -65,7 +63,7 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT
     power-of-two unit per population (``--per-layer-scaling``). ``calib``: sample inputs
     (N, *input_shape); each neuron's bias then also absorbs the mean current that rounding
     the weights costs it on them (passes/bias_correction.py), from at most
-    :data:`CALIB_SAMPLES` of them (fewer for a large network: ``samples_for``)."""
+    512 of them (fewer for a large network)."""
     if not graph.meta.get("converted"):
         raise InputError("quantize needs a converted graph (run mtdeploy.passes.convert first)")
     weight_bits = integer("weight_bits", weight_bits, *BITS_RANGE)
@@ -81,9 +79,7 @@ def quantize(graph: Graph, weight_bits: int = 8, input_bits: int = DEFAULT_INPUT
             _quantize_population(graph, pop, wmax, input_unit, bool(per_channel))
     graph.meta.pop("bias_correction", None)
     if calib is not None and len(calib):
-        n = samples_for(graph, len(calib), CALIB_SAMPLES)
-        correct_biases(graph, calib, n)
-        graph.meta["bias_correction"] = {"samples": n}
+        graph.meta["bias_correction"] = {"samples": correct_biases(graph, calib)}
         for pop in populations(graph):
             if pop.inputs:
                 _check_ranges(graph, pop)
